@@ -1,0 +1,1 @@
+"""Data: the suite registry, ImageNet-family loaders, class metadata and the micro suite."""
