@@ -8,9 +8,10 @@ A ``Suite`` names its class names and prompt templates, its ID training split, a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 from torch.utils.data import Dataset
 
@@ -53,6 +54,7 @@ class Suite:
     datasets: tuple[DatasetSpec, ...]
     train_loader: Callable[[DataContext, str], Dataset] | None = None
     adv_ids: Callable[[], Sequence[str]] | None = None
+    adv_indices: Callable[[Dataset, int | None], list[int]] | None = None
     default_checkpoint: str | None = None
     needs_root: bool = False
     info: dict = field(default_factory=dict)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +71,7 @@ class ZeroShotClassifier(nn.Module):
     def num_classes(self) -> int:
         return int(self.head.shape[1] if self.class_subset is None else self.class_subset.numel())
 
-    def with_subset(self, class_subset: torch.Tensor | Sequence[int] | None) -> "ZeroShotClassifier":
+    def with_subset(self, class_subset: torch.Tensor | Sequence[int] | None) -> ZeroShotClassifier:
         """A classifier sharing this one's model and head but projecting onto ``class_subset``."""
         return ZeroShotClassifier(
             self.model, self.head, self.mean.flatten().tolist(), self.std.flatten().tolist(),

@@ -1,0 +1,160 @@
+"""The `grace-bench` command line: one subcommand per job; user errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from grace_bench import __version__
+from grace_bench.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="three-axis evaluation of a CLIP checkpoint (ID, OOD, adversarial)",
+                       description="Zero-shot accuracy on every dataset of a suite, the adversarial axis, and the "
+                                   "OOD / Nat-adv / Adv / HM aggregates. With no checkpoint: micro-CLIP on micro.")
+    p.add_argument("checkpoint", nargs="?", default="micro",
+                   help="checkpoint spec: micro | ARCH:TAG | ARCH:/path | local-dir:/p | hf-hub:org/name | runs/NAME")
+    p.add_argument("--suite", help="suite name (default: micro for micro models, else imagenet)")
+    p.add_argument("--data-root", type=Path, help="root folder holding the ImageNet-family datasets")
+    p.add_argument("--datasets", nargs="+", help="only these datasets of the suite")
+    p.add_argument("--base", help="base checkpoint spec for visual-only checkpoints (text tower source)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow unpickling a checkpoint (only if trusted)")
+    p.add_argument("--attack", help="none|pgd|apgd-ce|aa-standard|aa-plus|aa-rand|custom:<list> (default: apgd-ce)")
+    p.add_argument("--eps", help="perturbation budget, e.g. 4/255 (default 4/255)")
+    p.add_argument("--norm", default="Linf", help="Linf or L2")
+    p.add_argument("--n-adv", type=int, help="number of adversarial examples (micro: 500; imagenet: 5000 ids)")
+    p.add_argument("--adv-datasets", nargs="+", help="datasets to attack (default: the ID dataset)")
+    p.add_argument("--out", type=Path, default=Path("results"), help="result directory (default: results)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images of each dataset")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="clean-eval precision")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--workers", type=int, default=4, help="data-loader workers for image folders")
+    p.add_argument("--templates", type=Path, help="file with one prompt template per line ('{}' = class name)")
+    p.add_argument("--classnames", type=Path, help="file with one class name per line")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label", help="name for this model in tables")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from grace_bench.eval.config import EvalConfig
+    from grace_bench.eval.report import print_summary
+    from grace_bench.eval.run import run_eval
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be a positive number of images")
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    cfg = EvalConfig(
+        checkpoint=args.checkpoint, suite=args.suite, data_root=args.data_root, base=args.base,
+        trust_pickle=args.trust_pickle, attack=args.attack, eps=args.eps, norm=args.norm, n_adv=args.n_adv,
+        adv_datasets=args.adv_datasets, datasets=args.datasets, out=args.out, limit=args.limit,
+        precision=args.precision, batch_size=args.batch_size, device=args.device, workers=args.workers,
+        templates_file=args.templates, classnames_file=args.classnames, seed=args.seed, label=args.label,
+        progress=not args.no_progress,
+    )
+    summary = run_eval(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print_summary(summary)
+    return 0
+
+
+def _add_micro_parser(sub) -> None:
+    p = sub.add_parser("micro", help="the built-in micro suite and micro-CLIP")
+    msub = p.add_subparsers(dest="micro_cmd", required=True)
+    pre = msub.add_parser("pretrain", help="(re)build the cached micro-CLIP by contrastive pretraining")
+    pre.add_argument("--no-progress", action="store_true")
+    pre.set_defaults(func=_run_micro_pretrain)
+    info = msub.add_parser("info", help="where micro-CLIP is cached and the sizes of the micro datasets")
+    info.set_defaults(func=_run_micro_info)
+
+
+def _run_micro_pretrain(args: argparse.Namespace) -> int:
+    from grace_bench.models.micro import ensure_micro_weights
+
+    path = ensure_micro_weights(rebuild=True, progress=not args.no_progress)
+    print(f"micro-CLIP written to {path}")
+    return 0
+
+
+def _run_micro_info(args: argparse.Namespace) -> int:
+    from grace_bench.data.micro import MICRO_DATASETS, micro_dataset
+    from grace_bench.models.micro import micro_weights_path
+
+    path = micro_weights_path()
+    print(f"micro-CLIP weights: {path} ({'cached' if path.exists() else 'not built yet'})")
+    for split in ("train", "val", "test"):
+        print(f"micro/{split}: {len(micro_dataset('micro', split))} images")
+    for name in MICRO_DATASETS[1:]:
+        print(f"{name}: {len(micro_dataset(name))} images")
+    return 0
+
+
+def _optional_parsers() -> list[Callable]:
+    """Subcommands contributed by other modules (each module registers its own parser)."""
+    adders = []
+    for module, name in (
+        ("grace_bench.models.convert", "add_convert_parser"),
+        ("grace_bench.finetune.cli", "add_finetune_parser"),
+        ("grace_bench.finetune.cli", "add_wise_parser"),
+        ("grace_bench.geometry.cli", "add_geometry_parser"),
+        ("grace_bench.plots.cli", "add_plot_parser"),
+        ("grace_bench.leaderboard.cli", "add_leaderboard_parser"),
+        ("grace_bench.study.cli", "add_compare_parser"),
+    ):
+        try:
+            mod = __import__(module, fromlist=[name])
+        except ModuleNotFoundError as exc:
+            if exc.name and module.startswith(exc.name):
+                continue
+            raise
+        if hasattr(mod, name):
+            adders.append(getattr(mod, name))
+    return adders
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="grace-bench",
+        description="Robust fine-tuning of CLIP (GRACE and baselines), three-axis evaluation and geometry.",
+    )
+    parser.add_argument("--version", action="version", version=f"grace-bench {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    _add_eval_parser(sub)
+    _add_micro_parser(sub)
+    for add in _optional_parsers():
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `grace-bench` console script."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv:
+        argv = ["eval"]  # the embedded default: micro-CLIP on the micro suite
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

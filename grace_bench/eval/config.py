@@ -1,0 +1,48 @@
+"""The evaluation config (what `grace-bench eval` was asked to do), with defaults per suite."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MICRO_DEFAULTS = {"attack": "apgd-ce", "eps": "4/255", "n_adv": 500}
+IMAGENET_DEFAULTS = {"attack": "apgd-ce", "eps": "4/255", "n_adv": 5000}
+
+
+@dataclass
+class EvalConfig:
+    """Everything that determines an evaluation run; ``None`` means "the suite's default"."""
+
+    checkpoint: str = "micro"
+    suite: str | None = None
+    data_root: Path | None = None
+    base: str | None = None
+    trust_pickle: bool = False
+    attack: str | None = None
+    eps: str | None = None
+    norm: str = "Linf"
+    n_adv: int | None = None
+    adv_datasets: list[str] | None = None
+    datasets: list[str] | None = None
+    out: Path = Path("results")
+    limit: int | None = None
+    precision: str = "fp32"
+    batch_size: int = 256
+    adv_batch_size: int = 250
+    device: str = "auto"
+    workers: int = 4
+    templates_file: Path | None = None
+    classnames_file: Path | None = None
+    seed: int = 0
+    label: str | None = None
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+def suite_defaults(suite_name: str) -> dict:
+    """The adversarial defaults of a suite (micro: APGD-CE at 4/255 on 500 test images)."""
+    return dict(MICRO_DEFAULTS if suite_name == "micro" else IMAGENET_DEFAULTS)

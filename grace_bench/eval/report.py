@@ -1,0 +1,40 @@
+"""Console table of an evaluation summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:6.2f}"
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A fixed-width table: one row per dataset, the robust accuracy, then the aggregates."""
+    proto = summary["protocol"]
+    lines = [
+        f"grace-bench eval · {summary['label']} · suite {summary['suite']} · "
+        f"fingerprint {summary['checkpoint']['fingerprint'][:12]}",
+        f"{'dataset':<22}{'role':<9}{'n':>7}{'top-1 %':>9}{'top-5 %':>9}",
+    ]
+    for name, r in summary["per_dataset"].items():
+        lines.append(f"{name:<22}{r['role']:<9}{r['n']:>7}{_pct(r['top1']):>9}{_pct(r.get('top5')):>9}")
+    for name, r in summary["adversarial"].items():
+        if not r:
+            continue
+        lines.append(
+            f"{name + ' (' + r['attack'] + ')':<22}{'adv':<9}{r['n']:>7}{_pct(r['robust_acc']):>9}"
+            f"   robust at eps {r['eps']} {r['norm']} (clean on subset {_pct(r['clean_acc']).strip()})"
+        )
+    a = summary["aggregates"]
+    lines.append(
+        f"ID {_pct(a['id']).strip()} · OOD avg {_pct(a['ood_avg']).strip()} · Nat-adv {_pct(a['nat_adv']).strip()}"
+        f" · {proto['attack']} {_pct(a['autoattack']).strip()} · Adv {_pct(a['adv']).strip()}"
+        f" · HM {_pct(a['hm']).strip()}   (%, {proto['templates']} templates, eps {proto['eps']}, n_adv "
+        f"{proto['n_adv']})"
+    )
+    return "\n".join(lines)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(format_summary(summary))

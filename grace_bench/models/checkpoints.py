@@ -1,0 +1,366 @@
+"""``load_checkpoint(spec)``: every checkpoint spec form to a ``ClipModel``, loaded safely and strictly.
+
+Weights are read with safetensors or ``torch.load(weights_only=True)``; a pickled Python object is refused
+unless ``trust_pickle=True``. Pretrained tags and ``hf-hub:`` models come from the local cache only when
+``HF_HUB_OFFLINE`` is set, so an offline machine fails at once instead of retrying for ~47 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from grace_bench.errors import UserError
+from grace_bench.models.clip_model import ClipModel, register_model_configs
+from grace_bench.models.sniff import Sniffed, sniff_checkpoint
+from grace_bench.models.specs import (
+    FileSpec,
+    HfHubSpec,
+    LocalDirSpec,
+    MicroSpec,
+    PretrainedSpec,
+    RunDirSpec,
+    parse_spec,
+)
+from grace_bench.utils.transforms import pixel_preprocess
+
+# The base model whose text tower a visual-only checkpoint borrows, when --base is not given.
+DEFAULT_BASES = {"micro-clip": "micro"}
+# Weight file names in an OpenCLIP model folder, most preferred first (as OpenCLIP orders them).
+_DIR_WEIGHTS = (
+    "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
+)
+_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+
+
+def load_checkpoint(spec: str, *, base: str | None = None, trust_pickle: bool = False,
+                    device: str | torch.device = "cpu") -> ClipModel:
+    """Load any checkpoint spec (``micro``, ``ARCH:TAG``, ``ARCH:/path``, ``local-dir:``, ``hf-hub:``, run dir).
+
+    ``base`` names the model a visual-only checkpoint was fine-tuned from (its text tower is used). ``trust_pickle``
+    allows unpickling Python objects (wise-ft/FLYP whole modules); only for files from a trusted source.
+    """
+    parsed = parse_spec(spec)
+    if isinstance(parsed, MicroSpec):
+        clip = _load_micro()
+    elif isinstance(parsed, PretrainedSpec):
+        clip = _load_pretrained(parsed)
+    elif isinstance(parsed, FileSpec):
+        clip = _load_file(parsed, base=base, trust_pickle=trust_pickle)
+    elif isinstance(parsed, LocalDirSpec):
+        clip = _load_model_dir(parsed.path.resolve(), parsed.text, base=base, trust_pickle=trust_pickle)
+    elif isinstance(parsed, HfHubSpec):
+        clip = _load_hf_hub(parsed, base=base, trust_pickle=trust_pickle)
+    else:
+        clip = _load_run_dir(parsed, base=base, trust_pickle=trust_pickle)
+    clip.spec = parsed.text
+    clip.model.to(device).eval()
+    clip.invalidate_fingerprint()
+    return clip
+
+
+def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False, arch: str | None = None) -> Any:
+    """Read a weights file safely: safetensors (detected by content) or ``torch.load(weights_only=True)``.
+
+    A file that holds pickled Python objects raises ``UserError`` unless ``trust_pickle``, in which case it is
+    unpickled with ``weights_only=False``. ``arch`` only completes the ``grace-bench convert`` hint in that error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint file not found: {path}; check the path")
+    if _is_safetensors(path):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
+            raise UserError(f"{path} is not a readable safetensors file ({_short(e)}); re-save or re-download it"
+                            ) from e
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise _unreadable(path, e) from e
+        if not trust_pickle:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+            what = f" ({found.group(1)})" if found else ""
+            raise UserError(
+                f"{path} holds a pickled Python object{what}, which grace-bench will not unpickle by default; "
+                f"rewrite it once with `grace-bench convert {path} OUT.safetensors --arch {arch or 'ARCH'} "
+                "--trust-pickle` "
+                "(only if you trust its source) or pass --trust-pickle") from e
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a corrupt file
+        raise _unreadable(path, e) from e
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (ModuleNotFoundError, AttributeError) as e:
+        raise UserError(f"{path} pickles classes that cannot be imported here ({_short(e)}); run "
+                        "`grace-bench convert ... --trust-pickle` with the code that saved it on PYTHONPATH") from e
+    except Exception as e:  # noqa: BLE001
+        raise _unreadable(path, e) from e
+
+
+def instantiate_clip_model(model_name: str, *, spec: str, pretrained: str | None = None,
+                           force_quick_gelu: bool = False, preprocess_cfg: Mapping[str, Any] | None = None,
+                           tokenizer_name: str | None = None) -> ClipModel:
+    """Create OpenCLIP ``model_name`` (a registry name or ``local-dir:`` folder) as a ``ClipModel`` in eval mode.
+
+    ``pretrained`` may be a local weights file, loaded by OpenCLIP itself (weights only, strict).
+    """
+    import open_clip
+
+    register_model_configs()
+    try:
+        model = open_clip.create_model(model_name, pretrained=pretrained, load_weights=pretrained is not None,
+                                       force_quick_gelu=force_quick_gelu,
+                                       force_preprocess_cfg=dict(preprocess_cfg or {}))
+    except Exception as e:  # noqa: BLE001 - OpenCLIP raises RuntimeError/ValueError/FileNotFoundError
+        raise UserError(f"could not build OpenCLIP model '{model_name}' ({_short(e)}); check the spec") from e
+    model.eval()
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    size = cfg["size"]
+    image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    return ClipModel(
+        model=model,
+        tokenizer=open_clip.get_tokenizer(tokenizer_name or model_name),
+        preprocess=pixel_preprocess(image_size, cfg.get("interpolation", "bicubic")),
+        mean=tuple(float(v) for v in cfg["mean"]),
+        std=tuple(float(v) for v in cfg["std"]),
+        image_size=image_size,
+        arch=model_name,
+        spec=spec,
+    )
+
+
+def hub_offline() -> bool:
+    """True when Hugging Face Hub access is off (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``), read at call time."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    if value.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+# ---------------------------------------------------------------- one loader per spec form
+
+
+def _load_micro() -> ClipModel:
+    from grace_bench.models.micro import load_micro_clip
+
+    clip = load_micro_clip()
+    clip.info.setdefault("format", "micro")
+    return clip
+
+
+def _load_pretrained(spec: PretrainedSpec) -> ClipModel:
+    import open_clip
+
+    pcfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag)
+    if not pcfg:
+        tags = open_clip.list_pretrained_tags_by_model(spec.arch)
+        raise UserError(f"'{spec.tag}' is not a pretrained tag of {spec.arch}; known tags: "
+                        f"{', '.join(tags) or 'none'}; or use {spec.arch}:/path/to/weights.safetensors")
+    weights = _cached_pretrained_file(pcfg)
+    if weights is None:
+        if hub_offline():
+            raise UserError(f"the weights of {spec.text} are not in the local cache and HF_HUB_OFFLINE is set; "
+                            f"download them on a connected machine first, or use {spec.arch}:/path/to/weights.pt "
+                            "(works offline)")
+        try:
+            weights = open_clip.download_pretrained(pcfg)
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"could not download the weights of {spec.text} ({_short(e)}); they are not in the local "
+                            f"cache; set HF_HUB_OFFLINE=1 to fail fast, or use {spec.arch}:/path/to/weights.pt") from e
+    arch, quick_gelu, notes = _match_activation(spec.arch, pcfg)
+    clip = instantiate_clip_model(arch, spec=spec.text, pretrained=str(weights), force_quick_gelu=quick_gelu,
+                                  preprocess_cfg={k: pcfg[k] for k in _PREPROCESS_KEYS if k in pcfg})
+    clip.info.update(format="openclip-pretrained", weights=str(weights), notes=notes)
+    return clip
+
+
+def _load_file(spec: FileSpec, *, base: str | None, trust_pickle: bool) -> ClipModel:
+    arch = spec.arch or arch_from_metadata(spec.path)
+    if arch is None:
+        raise UserError(f"cannot tell the architecture of {spec.path}; write the spec as ARCH:{spec.text} "
+                        "(see `open_clip.list_models()`)")
+    clip = instantiate_clip_model(arch, spec=spec.text)
+    obj = read_checkpoint_file(spec.path, trust_pickle=trust_pickle, arch=arch)
+    return _fill(clip, obj, source=str(spec.path), base=base, trust_pickle=trust_pickle)
+
+
+def _load_model_dir(folder: Path, text: str, *, base: str | None, trust_pickle: bool, weights: Path | None = None,
+                    tokenizer_name: str | None = None, arch: str | None = None) -> ClipModel:
+    config = _read_json(folder / "open_clip_config.json")
+    if "model_cfg" not in config:
+        raise UserError(f"{folder / 'open_clip_config.json'} has no 'model_cfg'; it is not an OpenCLIP model config")
+    weights = weights or next((folder / n for n in _DIR_WEIGHTS if (folder / n).is_file()), None)
+    if weights is None:
+        found = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pth", ".pt"))
+        if len(found) != 1:
+            raise UserError(f"{folder} holds {'no' if not found else 'several'} weight files {found or ''}; "
+                            "put one open_clip_model.safetensors (or open_clip_pytorch_model.bin) beside "
+                            "open_clip_config.json")
+        weights = folder / found[0]
+    clip = instantiate_clip_model(f"local-dir:{folder}", spec=text, tokenizer_name=tokenizer_name)
+    clip.arch = arch or clip.arch
+    obj = read_checkpoint_file(weights, trust_pickle=trust_pickle)
+    clip = _fill(clip, obj, source=str(weights), base=base, trust_pickle=trust_pickle)
+    clip.info["weights"] = str(weights)
+    return clip
+
+
+def _load_hf_hub(spec: HfHubSpec, *, base: str | None, trust_pickle: bool) -> ClipModel:
+    config = Path(_hub_file(spec.repo_id, "open_clip_config.json", spec.text))
+    weights = next((w for name in _DIR_WEIGHTS[:3] if (w := _hub_file(spec.repo_id, name, spec.text, required=False))),
+                   None)
+    if weights is None:
+        raise UserError(f"{spec.text} has no OpenCLIP weights in the local cache ({', '.join(_DIR_WEIGHTS[:3])}); "
+                        "download them on a connected machine, or use local-dir:/path/to/folder")
+    text_cfg = _read_json(config).get("model_cfg", {}).get("text_cfg", {})
+    local_tokenizer = not text_cfg.get("hf_tokenizer_name") or (config.parent / "tokenizer.json").is_file()
+    return _load_model_dir(config.parent, spec.text, base=base, trust_pickle=trust_pickle, arch=spec.text,
+                           weights=Path(weights), tokenizer_name=None if local_tokenizer else spec.text)
+
+
+def _load_run_dir(spec: RunDirSpec, *, base: str | None, trust_pickle: bool) -> ClipModel:
+    config = _read_json(spec.config)
+    if not config.get("arch"):
+        raise UserError(f"{spec.config} has no 'arch'; it is not a grace-bench run config (rerun the fine-tuning)")
+    clip = instantiate_clip_model(config["arch"], spec=spec.text)
+    obj = read_checkpoint_file(spec.weights, trust_pickle=False)
+    clip = _fill(clip, obj, source=str(spec.weights), base=base or config.get("base"), trust_pickle=trust_pickle)
+    clip.base_spec = base or config.get("base")
+    clip.info.update(run_dir=str(spec.config.parent), method=config.get("method"))
+    clip.info["format"] = "grace-bench-run"
+    return clip
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _fill(clip: ClipModel, obj: Any, *, source: str, base: str | None, trust_pickle: bool) -> ClipModel:
+    """Sniff ``obj``, normalise it onto ``clip.model`` and load it strictly."""
+    reference = clip.model.state_dict()
+    base_spec = base or DEFAULT_BASES.get(clip.arch)
+
+    def base_state_dict() -> Mapping[str, torch.Tensor]:
+        return load_checkpoint(base_spec, trust_pickle=trust_pickle).model.state_dict()
+
+    sniffed: Sniffed = sniff_checkpoint(obj, reference, source=source,
+                                        base_state_dict=base_state_dict if base_spec else None)
+    clip.model.load_state_dict(sniffed.state_dict, strict=True)
+    clip.base_spec = base_spec if (sniffed.visual_only or base) else None
+    clip.info.update(format=sniffed.format, notes=sniffed.notes, source=source)
+    return clip
+
+
+def _match_activation(arch: str, pcfg: Mapping[str, Any]) -> tuple[str, bool, list[str]]:
+    """Use QuickGELU when the tag was trained with it (OpenAI weights), preferring the ``-quickgelu`` arch name."""
+    import open_clip
+
+    model_cfg = open_clip.get_model_config(arch) or {}
+    if not pcfg.get("quick_gelu") or model_cfg.get("quick_gelu"):
+        return arch, False, []
+    if f"{arch}-quickgelu" in open_clip.list_models():
+        return f"{arch}-quickgelu", False, [f"tag trained with QuickGELU: built as {arch}-quickgelu"]
+    return arch, True, ["tag trained with QuickGELU: forced QuickGELU"]
+
+
+def _cached_pretrained_file(pcfg: Mapping[str, Any]) -> str | None:
+    """The local file of a pretrained tag, from the Hugging Face cache or OpenCLIP's URL cache; no network."""
+    if pcfg.get("file"):
+        return str(pcfg["file"])
+    hub = pcfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, filename = os.path.split(hub)
+        filename = filename or "open_clip_pytorch_model.bin"
+        safe = "open_clip_model.safetensors" if filename == "open_clip_pytorch_model.bin" else None
+        if safe is None and filename.endswith((".bin", ".pth")):
+            safe = filename.rsplit(".", 1)[0] + ".safetensors"
+        for name in filter(None, (safe, filename)):
+            hit = try_to_load_from_cache(repo_id, name)
+            if isinstance(hit, str):
+                return hit
+    url = pcfg.get("url", "")
+    if url:
+        cached = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+        if cached.is_file():
+            return str(cached)
+    return None
+
+
+def _hub_file(repo_id: str, filename: str, text: str, *, required: bool = True) -> str | None:
+    """A file of a Hub repo: from the cache, else downloaded unless offline."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    hit = try_to_load_from_cache(repo_id, filename)
+    if isinstance(hit, str):
+        return hit
+    if not hub_offline():
+        try:
+            return hf_hub_download(repo_id, filename)
+        except Exception as e:  # noqa: BLE001
+            if required:
+                raise UserError(f"could not fetch {filename} of {text} ({_short(e)}); it is not in the local cache; "
+                                "download it on a connected machine, or use local-dir:/path (works offline)") from e
+            return None
+    if required:
+        raise UserError(f"{text} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it "
+                        "on a connected machine, or use local-dir:/path/to/folder (works offline)")
+    return None
+
+
+def arch_from_metadata(path: str | os.PathLike) -> str | None:
+    """The ``arch`` recorded in a safetensors file's metadata (as ``grace-bench convert`` writes it), else None."""
+    path = Path(path)
+    if not _is_safetensors(path):
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            arch = (fh.metadata() or {}).get("arch")
+    except Exception:  # noqa: BLE001 - unreadable files are reported by read_checkpoint_file
+        return None
+    if arch:
+        from grace_bench.models.specs import check_arch
+
+        return arch if arch.startswith(("local-dir:", "hf-hub:")) else check_arch(arch)
+    return None
+
+
+def _is_safetensors(path: Path) -> bool:
+    """safetensors files start with an 8-byte little-endian header length, then a JSON object."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 0 < int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} ({_short(e)}); fix or recreate the file") from e
+
+
+def _unreadable(path: Path, e: Exception) -> UserError:
+    return UserError(f"{path} is not a checkpoint grace-bench can read ({type(e).__name__}: {_short(e)}); expected "
+                     "a PyTorch .pt/.pth/.bin file or a .safetensors file")
+
+
+def _short(e: BaseException, n: int = 200) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= n else text[: n - 3] + "..."

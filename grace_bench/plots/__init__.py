@@ -1,0 +1,39 @@
+"""Figure functions: each takes plain data (dicts / arrays), returns a matplotlib Figure and, given ``out``,
+writes ``out.png`` and ``out.pdf`` atomically. ``grace-bench plot`` (``plots.cli``) reads result files into them.
+
+Names are imported lazily, so importing ``grace_bench.plots.cli`` (done by every ``grace-bench`` start) does not
+load matplotlib or seaborn.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "plot_cka_layers": "cka",
+    "plot_cka_matrix": "cka",
+    "plot_cka_methods": "cka",
+    "plot_layer_curvature": "curvature",
+    "plot_spectral_density": "hessian",
+    "plot_landscape_1d": "landscape",
+    "plot_landscape_2d": "landscape",
+    "plot_landscape_3d": "landscape",
+    "figure_style": "style",
+    "method_styles": "style",
+    "protocol_text": "style",
+    "save_figure": "style",
+    "plot_radar": "tradeoff",
+    "plot_tradeoff": "tradeoff",
+    "plot_training_curves": "training",
+    "read_log_jsonl": "training",
+    "plot_wise_curve": "wise_curve",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'grace_bench.plots' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"grace_bench.plots.{_EXPORTS[name]}"), name)

@@ -1,0 +1,388 @@
+"""``grace-bench plot KIND RESULTS... [--out DIR]``: read result files and draw one family of figures.
+
+KIND       reads                                           writes (under --out)
+landscape  geometry-landscape-*.json (+ .npz)              landscape-1d, landscape-interp, landscape-2d, landscape-3d-*
+spectrum   geometry-hessian-*.json (+ .npz density)         spectrum
+curvature  geometry-hessian-*.json (per_layer_curvature)   curvature
+cka        geometry-features-*.json (+ .npz cka_layers)    cka-layers-<label>, cka-methods
+tradeoff   summary-*.json                                  tradeoff (+ tradeoff-radar with --radar)
+wise       summary-*.json (those with a WiSE-FT alpha)     wise
+training   runs/NAME/log.jsonl (or run directories)        training
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from grace_bench.errors import UserError
+from grace_bench.leaderboard.collect import (
+    GeometryRecord,
+    SummaryRecord,
+    as_float,
+    find_files,
+    geometry_value,
+    labels_by_fingerprint,
+    load_geometry,
+    load_summaries,
+    lookup,
+    read_json,
+)
+
+KINDS = ("landscape", "spectrum", "curvature", "cka", "tradeoff", "wise", "training")
+
+
+def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``plot`` on the top-level CLI's subparsers."""
+    p = subparsers.add_parser(
+        "plot",
+        help="draw figures (PNG + PDF) from result files",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("kind", choices=KINDS, help="figure family")
+    p.add_argument("results", nargs="+", help="result files or directories (searched recursively)")
+    p.add_argument("--out", default="figures", help="output directory (default: figures)")
+    p.add_argument("--format", dest="formats", action="append", choices=("png", "pdf", "svg"),
+                   help="file format; repeat for several (default: png and pdf)")
+    p.add_argument("--surface", action="store_true", help="landscape: also draw 3D surfaces of 2D grids")
+    p.add_argument("--radar", action="store_true", help="tradeoff: also draw a radar chart of the aggregates")
+    p.add_argument("--vmax", type=float, default=None, help="landscape: cap the loss colour scale at this value")
+    p.set_defaults(func=run_plot)
+    return p
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    """Draw the figures of ``args.kind`` from ``args.results`` into ``args.out``; prints the written files."""
+    drawers: dict[str, Callable[[argparse.Namespace, Path], list[Path]]] = {
+        "landscape": _landscape,
+        "spectrum": _spectrum,
+        "curvature": _curvature,
+        "cka": _cka,
+        "tradeoff": _tradeoff,
+        "wise": _wise,
+        "training": _training,
+    }
+    if args.kind not in drawers:
+        raise UserError(f"unknown plot kind '{args.kind}'; choose one of: {', '.join(KINDS)}")
+    out = Path(args.out)
+    written = drawers[args.kind](args, out)
+    for path in written:
+        print(path)
+    return 0
+
+
+def _formats(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(args.formats or ("png", "pdf"))
+
+
+def _written(stem: Path, args: argparse.Namespace) -> list[Path]:
+    return [stem.with_name(f"{stem.name}.{fmt}") for fmt in _formats(args)]
+
+
+def slug(label: str) -> str:
+    """A file-name-safe form of a label."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", label).strip("_") or "unnamed"
+
+
+def _geometry(args: argparse.Namespace, kind: str) -> tuple[list[GeometryRecord], dict[str, str]]:
+    records = load_geometry(args.results, kind)
+    if not records:
+        raise UserError(
+            f"no geometry-{kind}-*.json among {', '.join(args.results)}; run `grace-bench geometry {kind} CKPT` first"
+        )
+    labels = labels_by_fingerprint(load_summaries(args.results, required=False))
+    return records, labels
+
+
+def _unique_labels(records: list[GeometryRecord], labels: dict[str, str]) -> list[str]:
+    names = [r.label(labels) for r in records]
+    return [f"{n} ({r.fp12[:7]})" if names.count(n) > 1 else n for n, r in zip(names, records)]
+
+
+# --- landscape ---------------------------------------------------------------------------------------------
+
+
+def _landscape(args: argparse.Namespace, out: Path) -> list[Path]:
+    from grace_bench.plots.landscape import plot_landscape_1d, plot_landscape_2d, plot_landscape_3d
+
+    records, labels = _geometry(args, "landscape")
+    # name within each figure: a 1D and a 2D result of the same checkpoint do not clash
+    is_2d = [getattr(_landscape_loss(r), "ndim", 1) == 2 for r in records]
+    names = [""] * len(records)
+    for flag in (False, True):
+        idx = [i for i, f in enumerate(is_2d) if f == flag]
+        for i, name in zip(idx, _unique_labels([records[i] for i in idx], labels)):
+            names[i] = name
+    curves: dict[str, dict[str, dict]] = {"directions": {}, "interp": {}}
+    protos: dict[str, list] = {"directions": [], "interp": [], "2d": []}
+    surfaces: dict[str, dict] = {}
+    for rec, name in zip(records, names):
+        loss = _landscape_loss(rec)
+        axes = _landscape_axes(rec, loss)
+        if loss.ndim == 2:
+            surfaces[name] = {"x": axes[0], "y": axes[1], "loss": loss}
+            protos["2d"].append(rec.config)
+        else:
+            mode = str(rec.find("mode", "meta.kind", "config.kind", "config.mode") or "")
+            group = "interp" if mode.startswith("interp") else "directions"
+            curves[group][name] = {"alpha": axes[0], "loss": loss, "acc": rec.array("accuracy", "acc")}
+            protos[group].append(rec.config)
+    written: list[Path] = []
+    if curves["directions"]:
+        stem = out / "landscape-1d"
+        plot_landscape_1d(curves["directions"], protocol=protos["directions"], out=stem, formats=_formats(args))
+        written += _written(stem, args)
+    if curves["interp"]:
+        stem = out / "landscape-interp"
+        plot_landscape_1d(curves["interp"], protocol=protos["interp"], out=stem, formats=_formats(args),
+                          title="Loss along the straight line θ0 → θ",
+                          xlabel="interpolation coefficient α (0 = θ0, 1 = θ)")
+        written += _written(stem, args)
+    if surfaces:
+        stem = out / "landscape-2d"
+        plot_landscape_2d(surfaces, protocol=protos["2d"], vmax=args.vmax, out=stem, formats=_formats(args))
+        written += _written(stem, args)
+        if args.surface:
+            for (name, s), proto in zip(surfaces.items(), protos["2d"]):
+                stem = out / f"landscape-3d-{slug(name)}"
+                plot_landscape_3d(s["x"], s["y"], s["loss"], label=name, protocol=proto, vmax=args.vmax,
+                                  out=stem, formats=_formats(args))
+                written += _written(stem, args)
+    return written
+
+
+def _landscape_loss(rec: GeometryRecord) -> np.ndarray:
+    loss = rec.array("loss")
+    if loss is None or loss.ndim not in (1, 2):
+        raise UserError(f"{rec.path} holds no 1D or 2D 'loss' grid; re-run grace-bench geometry landscape")
+    return loss
+
+
+def _landscape_axes(rec: GeometryRecord, loss: np.ndarray) -> list[np.ndarray]:
+    """Grid coordinates: NPZ ``axis_0``/``axis_1`` (aliases ``alphas``, ``xs``/``ys``), else JSON ``axes``."""
+    names = (("axis_0", "axes_0", "alphas", "alpha", "xs", "x"), ("axis_1", "axes_1", "ys", "y"))
+    axes = [rec.array(*names[i]) for i in range(loss.ndim)]
+    if any(a is None for a in axes):
+        listed = rec.find("axes", "meta.axes", "config.axes")
+        if isinstance(listed, list) and len(listed) == loss.ndim:
+            axes = [np.asarray(a, dtype=float) for a in listed]
+    if any(a is None for a in axes) or tuple(a.size for a in axes) != loss.shape:
+        raise UserError(f"{rec.path}: grid coordinates missing or not matching loss shape {loss.shape}; "
+                        "re-run grace-bench geometry landscape")
+    return [np.asarray(a, dtype=float).ravel() for a in axes]
+
+
+# --- Hessian ---------------------------------------------------------------------------------------------
+
+
+def _spectrum(args: argparse.Namespace, out: Path) -> list[Path]:
+    from grace_bench.plots.hessian import plot_spectral_density
+
+    records, labels = _geometry(args, "hessian")
+    densities, protos = {}, []
+    for rec, name in zip(records, _unique_labels(records, labels)):
+        grid, dens = rec.array("density_grid", "grid"), rec.array("density_density", "density")
+        if grid is None or dens is None:
+            continue
+        densities[name] = {"grid": grid, "density": dens, "lambda_max": geometry_value({"hessian": rec}, "lambda_max")}
+        protos.append(rec.config)
+    if not densities:
+        raise UserError("none of the hessian results holds a spectral density ('density_grid' and 'density'); "
+                        "run `grace-bench geometry hessian` with the density enabled")
+    stem = out / "spectrum"
+    plot_spectral_density(densities, protocol=protos, out=stem, formats=_formats(args))
+    return _written(stem, args)
+
+
+def _layer_curvature(rec: GeometryRecord) -> dict[str, float] | None:
+    """``{layer: kappa}`` from ``per_layer_curvature`` ({layer: value}) or Hutchinson's ``trace.layers``
+    ({layer: {"kappa": value, ...}})."""
+    value = rec.find("per_layer_curvature", "trace.layers")
+    if isinstance(value, dict) and value:
+        out = {}
+        for k, v in value.items():
+            f = as_float(v.get("kappa")) if isinstance(v, dict) else as_float(v)
+            if f is not None:
+                out[str(k)] = f
+        if out:
+            return out
+    values = rec.array("per_layer_curvature")
+    names = rec.data.get("layer_names")
+    if values is not None and isinstance(names, list) and len(names) == values.size:
+        return {str(n): float(v) for n, v in zip(names, values.ravel())}
+    return None
+
+
+def _curvature(args: argparse.Namespace, out: Path) -> list[Path]:
+    from grace_bench.plots.curvature import plot_layer_curvature
+
+    records, labels = _geometry(args, "hessian")
+    curv, protos = {}, []
+    for rec, name in zip(records, _unique_labels(records, labels)):
+        per_layer = _layer_curvature(rec)
+        if per_layer:
+            curv[name] = per_layer
+            protos.append(rec.config)
+    if not curv:
+        raise UserError("none of the hessian results holds 'per_layer_curvature'; "
+                        "run `grace-bench geometry hessian` with per-layer curvature")
+    stem = out / "curvature"
+    plot_layer_curvature(curv, protocol=protos, out=stem, formats=_formats(args))
+    return _written(stem, args)
+
+
+# --- CKA -------------------------------------------------------------------------------------------------
+
+
+def _ref_identity(rec: GeometryRecord, labels: dict[str, str]) -> str | None:
+    ref = rec.data.get("ref") or rec.config.get("ref")
+    if isinstance(ref, str):
+        return labels.get(ref[:12], ref)
+    if isinstance(ref, dict):
+        fp = str(ref.get("fingerprint") or "")[:12]
+        return ref.get("label") or labels.get(fp) or ref.get("spec") or fp or None
+    return None
+
+
+def _cka(args: argparse.Namespace, out: Path) -> list[Path]:
+    from grace_bench.plots.cka import plot_cka_layers, plot_cka_methods
+
+    records, labels = _geometry(args, "features")
+    written: list[Path] = []
+    pairs: dict[tuple[str, str], float] = {}
+    protos = []
+    for rec, name in zip(records, _unique_labels(records, labels)):
+        ref = _ref_identity(rec, labels) or "reference"
+        measure = str(rec.config.get("cka") or rec.data.get("cka_kind") or "CKA")
+        matrix = rec.array("cka_layers", "layerwise_cka", "cka_matrix")
+        if matrix is not None and matrix.ndim == 2:
+            rows = rec.find("layer_names") or [str(i) for i in range(matrix.shape[0])]
+            cols = rec.find("ref_layer_names") or (rows if matrix.shape[0] == matrix.shape[1] else
+                                                   [str(i) for i in range(matrix.shape[1])])
+            if (len(rows), len(cols)) != matrix.shape:
+                raise UserError(f"{rec.path}: layer names do not match the CKA matrix {matrix.shape}; re-run it")
+            stem = out / f"cka-layers-{slug(name)}"
+            plot_cka_layers(matrix, rows, cols, label=name, ref_label=ref, protocol=rec.config,
+                            measure=measure, out=stem, formats=_formats(args))
+            written += _written(stem, args)
+        value = geometry_value({"features": rec}, "cka_to_ref")
+        if value is not None:
+            pairs[(name, ref)] = value
+            protos.append(rec.config)
+    if pairs:
+        order = list(dict.fromkeys([b for _, b in pairs] + [a for a, _ in pairs]))
+        m = np.full((len(order), len(order)), np.nan)
+        np.fill_diagonal(m, 1.0)
+        for (a, b), v in pairs.items():
+            i, j = order.index(a), order.index(b)
+            m[i, j] = m[j, i] = v
+        stem = out / "cka-methods"
+        plot_cka_methods(m, order, protocol=protos, out=stem, formats=_formats(args))
+        written += _written(stem, args)
+    if not written:
+        raise UserError("the features results hold neither 'cka_layers' arrays nor 'cka_to_ref'; "
+                        "run `grace-bench geometry features CKPT --ref CKPT`")
+    return written
+
+
+# --- summaries -------------------------------------------------------------------------------------------
+
+
+def _unique_summary_labels(summaries: list[SummaryRecord]) -> list[str]:
+    names = [s.label for s in summaries]
+    return [f"{n} ({s.fp12[:7]})" if names.count(n) > 1 else n for n, s in zip(names, summaries)]
+
+
+def _tradeoff(args: argparse.Namespace, out: Path) -> list[Path]:
+    from grace_bench.plots.tradeoff import plot_radar, plot_tradeoff
+
+    summaries = load_summaries(args.results)
+    points, full, protos, skipped = {}, {}, [], []
+    for s, name in zip(summaries, _unique_summary_labels(summaries)):
+        agg = {k: as_float(v) for k, v in s.aggregates.items()}
+        full[name] = agg
+        if None in (agg.get("id"), agg.get("ood_avg"), agg.get("adv")):
+            skipped.append(name)
+            continue
+        points[name] = {"id": agg["id"], "ood": agg["ood_avg"], "adv": agg["adv"]}
+        protos.append(s.protocol)
+    if not points:
+        raise UserError("no summary has all of ID, OOD avg and Adv; run `grace-bench eval` with an attack")
+    if skipped:
+        print(f"note: skipped (no ID/OOD/Adv aggregates): {', '.join(skipped)}")
+    stem = out / "tradeoff"
+    plot_tradeoff(points, protocol=protos, out=stem, formats=_formats(args))
+    written = _written(stem, args)
+    if args.radar:
+        stem = out / "tradeoff-radar"
+        plot_radar({k: full[k] for k in points}, protocol=protos, out=stem, formats=_formats(args))
+        written += _written(stem, args)
+    return written
+
+
+def summary_alpha(summary: SummaryRecord) -> float | None:
+    """The WiSE-FT mixing coefficient of an interpolated checkpoint (``alpha`` at top level or in checkpoint)."""
+    for key in ("alpha", "checkpoint.alpha", "checkpoint.wise_alpha"):
+        value = as_float(lookup(summary.data, key))
+        if value is not None:
+            return value
+    return None
+
+
+def _wise(args: argparse.Namespace, out: Path) -> list[Path]:
+    from grace_bench.plots.wise_curve import plot_wise_curve
+
+    summaries = load_summaries(args.results)
+    curve: dict[float, dict[str, Any]] = {}
+    refs, protos = {}, []
+    for s, name in zip(summaries, _unique_summary_labels(summaries)):
+        agg = s.aggregates
+        alpha = summary_alpha(s)
+        if alpha is None:
+            refs[name] = {"id": as_float(agg.get("id")), "ood": as_float(agg.get("ood_avg"))}
+            continue
+        if as_float(agg.get("id")) is None or as_float(agg.get("ood_avg")) is None:
+            raise UserError(f"{s.path} (alpha={alpha:g}) lacks ID or OOD avg aggregates; re-run grace-bench eval on it")
+        if alpha in curve:
+            raise UserError(f"two summaries have WiSE-FT alpha={alpha:g} ({curve[alpha]['path']}, {s.path}); pass one")
+        curve[alpha] = {"id": as_float(agg["id"]), "ood": as_float(agg["ood_avg"]), "adv": as_float(agg.get("adv")),
+                        "path": s.path}
+        protos.append(s.protocol)
+    if len(curve) < 2:
+        raise UserError("need summaries of at least two WiSE-FT checkpoints (with 'alpha'); "
+                        "run `grace-bench wise ZS FT --alpha 0:1:0.1` and evaluate them")
+    alphas = sorted(curve)
+    stem = out / "wise"
+    plot_wise_curve(alphas, [curve[a]["id"] for a in alphas], [curve[a]["ood"] for a in alphas],
+                    adv=[curve[a]["adv"] for a in alphas], references=refs, protocol=protos,
+                    out=stem, formats=_formats(args))
+    return _written(stem, args)
+
+
+# --- training --------------------------------------------------------------------------------------------
+
+
+def _training(args: argparse.Namespace, out: Path) -> list[Path]:
+    from grace_bench.plots.training import plot_training_curves, read_log_jsonl
+
+    logs = [p for p in find_files(args.results, "log.jsonl") if p.suffix == ".jsonl"]
+    if not logs:
+        raise UserError(f"no log.jsonl among {', '.join(args.results)}; pass run directories of grace-bench finetune")
+    runs, protos = {}, []
+    for log in logs:
+        name = log.parent.name if log.name == "log.jsonl" else log.stem
+        if name in runs:
+            name = f"{name} ({log.parent})"
+        runs[name] = read_log_jsonl(log)
+        cfg = log.parent / "config.json"
+        if cfg.is_file():
+            protos.append(read_json(cfg))
+    stem = out / "training"
+    plot_training_curves(runs, protocol=protos or None, out=stem, formats=_formats(args))
+    return _written(stem, args)

@@ -1,0 +1,333 @@
+"""Every figure kind, from plain data and through ``grace-bench plot`` on synthetic result files.
+
+Checks the files (valid PNG, PDF header) and the matplotlib objects (labels, scales, artist counts, titles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+from matplotlib.collections import QuadMesh
+from matplotlib.contour import ContourSet
+from PIL import Image
+
+from grace_bench.errors import UserError
+from grace_bench.plots import (
+    plot_cka_layers,
+    plot_cka_methods,
+    plot_landscape_1d,
+    plot_landscape_2d,
+    plot_landscape_3d,
+    plot_layer_curvature,
+    plot_radar,
+    plot_spectral_density,
+    plot_tradeoff,
+    plot_training_curves,
+    plot_wise_curve,
+    read_log_jsonl,
+)
+from grace_bench.plots.cli import add_plot_parser, run_plot
+from grace_bench.plots.style import method_styles, protocol_text
+from grace_bench.plots.tradeoff import harmonic_mean, hm_isoline
+from tests.test_leaderboard import (
+    LAYERS,
+    METHODS,
+    fingerprint,
+    summary_dict,
+    write_json,
+    write_landscape_2d,
+    write_synthetic_results,
+)
+
+PROTO = {"attack": "aa-standard", "norm": "Linf", "eps": "4/255", "n_adv": 100, "suite": "micro"}
+PNG = ("png",)
+
+
+def assert_png(path):
+    assert path.is_file() and path.stat().st_size > 1000
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
+
+
+def title(fig) -> str:
+    return fig._suptitle.get_text()
+
+
+def test_landscape_1d(tmp_path):
+    a = np.linspace(-1, 1, 11)
+    curves = {"ft": {"alpha": a, "loss": 2 * a**2, "acc": 1 - a**2},
+              "grace": {"alpha": a, "loss": a**2, "acc": 1 - a**2 / 2}}
+    fig = plot_landscape_1d(curves, protocol=PROTO, out=tmp_path / "l1", formats=("png", "pdf"))
+    assert_png(tmp_path / "l1.png")
+    assert (tmp_path / "l1.pdf").read_bytes()[:5] == b"%PDF-"
+    loss_ax, acc_ax = fig.axes[:2]
+    assert len([ln for ln in loss_ax.lines if ln.get_label() in curves]) == 2
+    assert "nats" in loss_ax.get_ylabel() and "filter-normalised" in loss_ax.get_xlabel()
+    assert "%" in acc_ax.get_ylabel()
+    assert "ε=4/255" in title(fig) and "aa-standard" in title(fig)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["ft", "grace"]
+    with pytest.raises(UserError, match="lengths differ"):
+        plot_landscape_1d({"x": {"alpha": a, "loss": a[:3]}})
+
+
+def test_landscape_2d_and_3d(tmp_path):
+    x, y = np.linspace(-1, 1, 9), np.linspace(-1, 1, 7)
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    surfaces = {"ft": {"x": x, "y": y, "loss": xx**2 + 3 * yy**2}, "grace": {"x": x, "y": y, "loss": xx**2 + yy**2}}
+    fig = plot_landscape_2d(surfaces, protocol=PROTO, levels=12, out=tmp_path / "l2", formats=PNG)
+    assert_png(tmp_path / "l2.png")
+    panels = [ax for ax in fig.axes if ax.get_title() in surfaces]
+    assert len(panels) == 2
+    for ax in panels:
+        contours = [c for c in ax.collections if isinstance(c, ContourSet)]
+        assert len(contours) == 2  # filled + lines
+        assert len(contours[0].levels) == 12
+        assert "direction 1" in ax.get_xlabel() and "direction 2" in ax.get_ylabel()
+    # shared levels: both panels use the same scale
+    lv = [[c for c in ax.collections if isinstance(c, ContourSet)][0].levels for ax in panels]
+    np.testing.assert_allclose(lv[0], lv[1])
+    cbar_ax = [ax for ax in fig.axes if ax not in panels][0]
+    assert "nats" in cbar_ax.get_ylabel()
+    with pytest.raises(UserError, match="expected"):
+        plot_landscape_2d({"bad": {"x": x, "y": y, "loss": (xx**2).T}})
+    fig3 = plot_landscape_3d(x, y, xx**2 + yy**2, label="grace", protocol=PROTO, out=tmp_path / "l3", formats=PNG)
+    assert_png(tmp_path / "l3.png")
+    assert fig3.axes[0].name == "3d" and "nats" in fig3.axes[0].get_zlabel()
+
+
+def test_spectrum_log_scale(tmp_path):
+    grid = np.linspace(-1, 50, 120)
+    dens = {k: {"grid": grid, "density": np.exp(-(grid**2)) + 1e-3 * np.exp(-((grid - s) ** 2)), "lambda_max": s}
+            for k, s in (("ft", 40.0), ("grace", 20.0), ("tecoa", 10.0))}
+    fig = plot_spectral_density(dens, protocol={"dataset": "micro", "n": 128, "eps": "4/255"},
+                                out=tmp_path / "spec", formats=PNG)
+    assert_png(tmp_path / "spec.png")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    assert len([ln for ln in ax.lines if ln.get_label() in dens]) == 3
+    assert len([ln for ln in ax.lines if ln.get_linestyle() == "--"]) == 3  # one λ_max marker each
+    assert "eigenvalue" in ax.get_xlabel() and "density" in ax.get_ylabel()
+    assert "ε=4/255" in title(fig) and "n=128" in title(fig)
+
+
+def test_layer_curvature_bars(tmp_path):
+    layers = [f"visual.transformer.resblocks.{i}.{p}" for i in range(3) for p in ("attn", "mlp")]
+    curv = {"ft": {n: 10.0**i for i, n in enumerate(layers)},
+            "grace": {n: 2.0**i for i, n in enumerate(layers[:4])}}
+    fig = plot_layer_curvature(curv, protocol=PROTO, out=tmp_path / "curv", formats=PNG)
+    assert_png(tmp_path / "curv.png")
+    ax = fig.axes[0]
+    assert len(ax.patches) == 6 + 4  # a missing layer leaves a gap, not a zero bar
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.attn", "0.mlp", "1.attn", "1.mlp", "2.attn", "2.mlp"]
+    assert ax.get_yscale() == "log"  # 5 decades
+    assert ax.get_xlabel() == "layer" and "κ" in ax.get_ylabel()
+
+
+def test_cka_heatmaps(tmp_path):
+    m = np.array([[1.0, 0.5, 0.2], [0.4, 0.9, 0.3], [0.1, 0.3, 0.8]])
+    names = [f"visual.transformer.resblocks.{i}" for i in range(3)]
+    fig = plot_cka_layers(m, names, label="grace", ref_label="zero-shot", protocol=PROTO, out=tmp_path / "ckal",
+                          formats=PNG)
+    assert_png(tmp_path / "ckal.png")
+    ax = fig.axes[0]
+    mesh = [c for c in ax.collections if isinstance(c, QuadMesh)][0]
+    np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(3, 3), m)
+    assert mesh.get_clim() == (0.0, 1.0)
+    assert ax.get_ylabel() == "layer of grace" and ax.get_xlabel() == "layer of zero-shot"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "2"]
+    mm = np.array([[1.0, 0.7], [0.7, 1.0]])
+    fig = plot_cka_methods(mm, ["zero-shot", "grace"], protocol=PROTO, out=tmp_path / "ckam", formats=PNG)
+    assert_png(tmp_path / "ckam.png")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["zero-shot", "grace"]
+    with pytest.raises(UserError, match="shape"):
+        plot_cka_methods(mm, ["a", "b", "c"])
+
+
+def test_hm_isolines_are_exact():
+    grid = np.linspace(0.3, 0.95, 50)
+    for level in (0.2, 0.35):
+        adv = hm_isoline(level, grid)
+        ok = np.isfinite(adv)
+        assert ok.sum() > 10
+        for n, a in zip(grid[ok], adv[ok]):
+            # any (ID, OOD) pair with harmonic mean n lies on the line: take ID = OOD = n and a skewed pair
+            i = 0.97
+            o = 1 / (2 / n - 1 / i) if 2 / n - 1 / i > 0 else None
+            assert harmonic_mean(n, n, a) == pytest.approx(level)
+            if o is not None and 0 < o <= 1:
+                assert harmonic_mean(i, o, a) == pytest.approx(level)
+
+
+def test_tradeoff_and_radar(tmp_path):
+    pts = {k: {"id": v[0], "ood": float(np.mean(v[1])), "adv": (v[3] + v[2][0]) / 2} for k, v in METHODS.items()}
+    fig = plot_tradeoff(pts, protocol=PROTO, out=tmp_path / "trade", formats=PNG)
+    assert_png(tmp_path / "trade.png")
+    ax_c, ax_h = fig.axes[:2]
+    assert len(ax_c.collections) == 4 and len(ax_h.collections) == 4
+    offsets = np.array([c.get_offsets()[0] for c in ax_c.collections])
+    np.testing.assert_allclose(offsets[:, 0], [100 * p["id"] for p in pts.values()])
+    assert "(%)" in ax_c.get_xlabel() and "(%)" in ax_h.get_ylabel()
+    isolines = [ln for ln in ax_h.lines if ln.get_linestyle() == "--"]
+    assert len(isolines) >= 2
+    # every drawn iso-line point has the HM its label states
+    labels = [t.get_text() for t in ax_h.texts if t.get_text().startswith("HM ")]
+    assert len(labels) == len(isolines)
+    for line, text in zip(isolines, labels):
+        h = float(text.split()[1].rstrip("%")) / 100
+        xs, ys = line.get_data()
+        for n, a in zip(xs[::50] / 100, ys[::50] / 100):
+            assert harmonic_mean(n, n, a) == pytest.approx(h, rel=1e-6)
+    assert "ε=4/255" in title(fig) and "aa-standard" in title(fig)
+    full = {k: {"id": v["id"], "ood_avg": v["ood"], "adv": v["adv"], "hm": harmonic_mean(*v.values())}
+            for k, v in pts.items()}
+    fig = plot_radar(full, protocol=PROTO, out=tmp_path / "radar", formats=PNG)
+    assert_png(tmp_path / "radar.png")
+    ax = fig.axes[0]
+    assert ax.name == "polar" and [t.get_text() for t in ax.get_xticklabels()] == ["ID", "OOD avg", "Adv", "HM"]
+    with pytest.raises(UserError, match="lacks adv"):
+        plot_tradeoff({"x": {"id": 0.5, "ood": 0.4}})
+
+
+def test_wise_curve(tmp_path):
+    a = np.linspace(0, 1, 6)
+    fig = plot_wise_curve(a[::-1], 0.8 + 0.15 * a[::-1], 0.6 + 0.1 * a[::-1] - 0.15 * a[::-1] ** 2,
+                          adv=[0.1] * 6, references={"grace": {"id": 0.93, "ood": 0.66}}, protocol=PROTO,
+                          out=tmp_path / "wise", formats=PNG)
+    assert_png(tmp_path / "wise.png")
+    ax_c, ax_a = fig.axes[:2]
+    curve = ax_c.lines[0]
+    np.testing.assert_allclose(curve.get_xdata(), 100 * (0.8 + 0.15 * a))  # sorted by α
+    assert [t.get_text() for t in ax_c.texts] == [f"{v:g}" for v in a]
+    assert len(ax_a.lines) == 3 and "α" in ax_a.get_xlabel() and "(%)" in ax_c.get_ylabel()
+    assert "ε=4/255" in title(fig)
+
+
+def test_training_curves_and_log_reader(tmp_path):
+    log = tmp_path / "runs" / "ft" / "log.jsonl"
+    log.parent.mkdir(parents=True)
+    lines = [json.dumps({"step": s, "loss": 2.0 / (1 + s), "lr": 1e-3, "images_per_s": 250.0}) for s in range(20)]
+    lines.insert(5, json.dumps({"event": "done", "what": "x"}))  # no step: ignored
+    lines.insert(12, json.dumps({"step": 10, "val_acc": 0.5, "val_n": 40}))
+    log.write_text("\n".join(lines) + '\n{"step": 20, "lo')  # torn last line from a killed run
+    recs = read_log_jsonl(log)
+    assert len(recs) == 22
+    fig = plot_training_curves({"ft": recs}, protocol={"suite": "micro", "seed": 0}, out=tmp_path / "train",
+                               formats=PNG)
+    assert_png(tmp_path / "train.png")
+    loss_ax, lr_ax, ips_ax, val_ax = fig.axes[:4]
+    assert len(loss_ax.lines[0].get_xdata()) == 20
+    assert list(val_ax.lines[0].get_xdata()) == [10] and "%" in val_ax.get_ylabel()
+    assert loss_ax.get_yscale() == "log" and "nats" in loss_ax.get_ylabel() and "images/s" in ips_ax.get_ylabel()
+    assert lr_ax.get_xlabel() == "optimiser step"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"step": 1, "loss": 1}\n{oops\n{"step": 2, "loss": 1}\n')
+    with pytest.raises(UserError, match="bad.jsonl:2"):
+        read_log_jsonl(bad)
+
+
+def test_style_is_consistent():
+    a = method_styles(["ft", "grace", "mystery"])
+    b = method_styles(["grace", "zero-shot", "ft"])
+    assert a["grace"] == b["grace"] and a["ft"] == b["ft"]
+    c = method_styles(["grace", "grace-gv-only"])
+    assert c["grace"]["color"] != c["grace-gv-only"]["color"]
+    assert protocol_text([{"eps": 4 / 255}, {"eps": "8/255"}]) == "ε={4/255 | 8/255} (mixed)"
+    assert protocol_text({"adversarial": {"norm": "Linf", "eps": "4/255"}}) == "ℓ∞ · ε=4/255"
+    assert protocol_text([{"eps": "4/255", "seed": 0}, {"seed": 0}]) == "ε=4/255 (some) · seed 0"
+
+
+def test_pdf_and_png_bytes_are_reproducible(tmp_path):
+    a = np.linspace(-1, 1, 5)
+    for name in ("a", "b"):
+        plot_landscape_1d({"ft": {"alpha": a, "loss": a**2}}, out=tmp_path / name, formats=("png", "pdf"))
+    for ext in ("png", "pdf"):
+        assert (tmp_path / f"a.{ext}").read_bytes() == (tmp_path / f"b.{ext}").read_bytes()
+
+
+# --- the CLI on synthetic result files --------------------------------------------------------------------
+
+
+def _plot(argv):
+    parser = argparse.ArgumentParser(prog="grace-bench")
+    add_plot_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["plot", *argv])
+    assert args.func is run_plot
+    return run_plot(args)
+
+
+@pytest.fixture
+def results(tmp_path):
+    root = write_synthetic_results(tmp_path / "res")
+    write_landscape_2d(root, "ft", 2.0)
+    write_landscape_2d(root, "grace", 1.0)
+    for alpha in (0.0, 0.5, 1.0):
+        label = f"wise-ft α={alpha:g}"
+        values = (0.8 + 0.15 * alpha, [0.7, 0.5, 0.6 - 0.1 * alpha], [0.2], 0.02, 0.8)
+        write_json(root / f"summary-{fingerprint(label)[:12]}.json", summary_dict(label, values, alpha=alpha))
+    for run, steps in (("ft", 30), ("grace", 20)):
+        log = tmp_path / "runs" / run / "log.jsonl"
+        log.parent.mkdir(parents=True)
+        log.write_text("".join(json.dumps({"step": s, "loss": 1 / (1 + s), "lr": 1e-3, "images_per_s": 99.0}) + "\n"
+                               for s in range(steps)))
+        write_json(log.parent / "config.json", {"method": run, "suite": "micro", "seed": 0})
+    return root
+
+
+@pytest.mark.parametrize(
+    "kind, extra, stems",
+    [
+        ("landscape", ["--surface"], ["landscape-1d", "landscape-2d", "landscape-3d-ft", "landscape-3d-grace"]),
+        ("spectrum", [], ["spectrum"]),
+        ("curvature", [], ["curvature"]),
+        ("cka", [], ["cka-layers-ft", "cka-layers-grace", "cka-methods"]),
+        ("tradeoff", ["--radar"], ["tradeoff", "tradeoff-radar"]),
+        ("wise", [], ["wise"]),
+    ],
+)
+def test_cli_plots_every_kind(results, tmp_path, capsys, kind, extra, stems):
+    out = tmp_path / "fig"
+    assert _plot([kind, str(results), "--out", str(out), "--format", "png", *extra]) == 0
+    for stem in stems:
+        assert_png(out / f"{stem}.png")
+    printed = capsys.readouterr().out.split()
+    assert sorted(printed) == sorted(str(out / f"{s}.png") for s in stems)
+
+
+def test_cli_training_and_errors(results, tmp_path):
+    out = tmp_path / "fig"
+    assert _plot(["training", str(tmp_path / "runs"), "--out", str(out), "--format", "png"]) == 0
+    assert_png(out / "training.png")
+    with pytest.raises(UserError, match="no such file"):
+        _plot(["spectrum", str(tmp_path / "missing")])
+    only_summaries = tmp_path / "only"
+    only_summaries.mkdir()
+    (only_summaries / "summary-0.json").write_text((results / f"summary-{fingerprint('ft')[:12]}.json").read_text())
+    with pytest.raises(UserError, match="no geometry-hessian"):
+        _plot(["spectrum", str(only_summaries)])
+    with pytest.raises(UserError, match="at least two WiSE-FT"):
+        _plot(["wise", str(only_summaries)])
+    with pytest.raises(UserError, match="no log.jsonl"):
+        _plot(["training", str(only_summaries)])
+    with pytest.raises(SystemExit):
+        _plot(["histogram", str(results)])
+
+
+def test_readers_accept_flat_and_library_layouts(results):
+    """ft is written in grace_bench.geometry's nested layout, grace in the flat one: same data comes out."""
+    from grace_bench.leaderboard.collect import load_geometry
+    from grace_bench.plots.cli import _landscape_axes, _landscape_loss, _layer_curvature
+
+    hess = {r.label(): r for r in load_geometry(results, "hessian")}
+    assert _layer_curvature(hess["runs/ft"]) == {n: 2.0 * (1 + i) for i, n in enumerate(LAYERS)}
+    assert _layer_curvature(hess["runs/grace"]) == {n: 1.0 * (1 + i) for i, n in enumerate(LAYERS)}
+    for rec in hess.values():
+        assert rec.array("density_density", "density").shape == rec.array("density_grid").shape == (200,)
+    for rec in load_geometry(results, "landscape"):
+        loss = _landscape_loss(rec)
+        axes = _landscape_axes(rec, loss)
+        assert [a.size for a in axes] == list(loss.shape)
