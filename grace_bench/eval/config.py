@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-MICRO_DEFAULTS = {"attack": "apgd-ce", "eps": "4/255", "n_adv": 500}
-IMAGENET_DEFAULTS = {"attack": "apgd-ce", "eps": "4/255", "n_adv": 5000}
+MICRO_DEFAULTS = {"attack": "apgd-ce[restarts=1]", "eps": "4/255", "n_adv": 500}
+IMAGENET_DEFAULTS = {"attack": "apgd-ce[restarts=1]", "eps": "4/255", "n_adv": 5000}
 
 
 @dataclass

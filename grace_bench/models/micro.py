@@ -41,11 +41,13 @@ PRETRAIN_TEMPLATES: tuple[str, ...] = (
 class PretrainRecipe:
     """Everything that determines the pretrained micro-CLIP weights."""
 
-    steps: int = 700
+    steps: int = 400
     batch_size: int = 128
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.1
-    warmup: int = 50
+    warmup: int = 20
+    text_frozen_steps: int = 80
+    renditions_per_image: int = 6
     seed: int = 0
     data_version: str = "digits-v1"
 
@@ -70,8 +72,16 @@ def micro_weights_path(recipe: PretrainRecipe | None = None) -> Path:
     return cache_dir() / f"micro-clip-{recipe.key()}.safetensors"
 
 
-def pretrain_micro_clip(recipe: PretrainRecipe | None = None, *, progress: bool = True) -> dict:
-    """Contrastively pretrain micro-CLIP on rendition/caption pairs; returns the state dict and stats."""
+def pretrain_micro_clip(recipe: PretrainRecipe | None = None, *, progress: bool = True,
+                        monitor=None) -> dict:
+    """Contrastively pretrain micro-CLIP on rendition/caption pairs; returns the state dict and stats.
+
+    Captions of the same class count as positives (soft targets). From a random start both towers
+    collapse onto one point (every caption embedding equal), a symmetric fixed point observed here. So
+    for the first ``text_frozen_steps`` steps the text tower is held fixed and each class has a single
+    caption (its name), giving the image tower ten distinct targets to align to, as in LiT; then both
+    towers train on all caption templates. ``monitor(step, model)`` is called every 50 steps if given.
+    """
     from tqdm.auto import tqdm
 
     from grace_bench.data.micro import MICRO_CLASSNAMES, _split, pretrain_renditions
@@ -84,36 +94,52 @@ def pretrain_micro_clip(recipe: PretrainRecipe | None = None, *, progress: bool 
     mean = torch.tensor(clip.mean).view(1, 3, 1, 1)
     std = torch.tensor(clip.std).view(1, 3, 1, 1)
     x8, y = _split("train")
-    # Pre-tokenise every caption once: (num_classes, num_templates, context)
+    pool_labels = np.tile(y, recipe.renditions_per_image)
+    pool = torch.from_numpy(pretrain_renditions(np.tile(x8, (recipe.renditions_per_image, 1, 1)), rng))
+    pool = (pool - mean) / std
     captions = [t.format(c) for c in MICRO_CLASSNAMES for t in PRETRAIN_TEMPLATES]
     tokens = clip.tokenizer(captions).view(len(MICRO_CLASSNAMES), len(PRETRAIN_TEMPLATES), -1)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / recipe.warmup) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / recipe.steps)))
-    )
+    visual = [p for n, p in model.named_parameters() if n.startswith("visual.")]
+    text = [p for n, p in model.named_parameters() if not n.startswith("visual.")]
+    opt = torch.optim.AdamW([{"params": visual}, {"params": text}], lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+    def lr_at(step: int, start: int) -> float:
+        if step < start:
+            return 0.0
+        s = step - start
+        warm = min(1.0, (s + 1) / recipe.warmup)
+        return recipe.lr * warm * 0.5 * (1 + np.cos(np.pi * s / max(1, recipe.steps - start)))
+
     start = time.perf_counter()
     bar = tqdm(range(recipe.steps), desc="pretrain micro-CLIP", disable=not progress)
-    losses = []
-    for _ in bar:
-        idx = rng.integers(0, len(y), recipe.batch_size)
-        images = torch.from_numpy(pretrain_renditions(x8[idx], rng))
-        text = tokens[torch.from_numpy(y[idx]), torch.from_numpy(rng.integers(0, len(PRETRAIN_TEMPLATES), len(idx)))]
-        img_f = F.normalize(model.encode_image((images - mean) / std), dim=-1)
-        txt_f = F.normalize(model.encode_text(text), dim=-1)
+    losses: list[float] = []
+    for step in bar:
+        opt.param_groups[0]["lr"] = lr_at(step, 0)
+        opt.param_groups[1]["lr"] = lr_at(step, recipe.text_frozen_steps)
+        idx = rng.integers(0, len(pool_labels), recipe.batch_size)
+        labels = pool_labels[idx]
+        template = rng.integers(0, len(PRETRAIN_TEMPLATES), len(idx))
+        if step < recipe.text_frozen_steps:
+            template[:] = len(PRETRAIN_TEMPLATES) - 1  # the bare class name
+        caption = tokens[torch.from_numpy(labels), torch.from_numpy(template)]
+        img_f = F.normalize(model.encode_image(pool[torch.from_numpy(idx)]), dim=-1)
+        txt_f = F.normalize(model.encode_text(caption), dim=-1)
         logits = model.logit_scale.exp() * img_f @ txt_f.T
-        # Captions of the same class are the same concept: treat them as positives (label-aware targets).
-        same = torch.from_numpy(y[idx][:, None] == y[idx][None, :]).float()
+        same = torch.from_numpy(labels[:, None] == labels[None, :]).float()
         target = same / same.sum(1, keepdim=True)
         loss = 0.5 * (torch.sum(-target * logits.log_softmax(1), 1).mean()
                       + torch.sum(-target * logits.log_softmax(0).T, 1).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, np.log(100))
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if monitor is not None and (step + 1) % 50 == 0:
+            model.eval()
+            monitor(step + 1, model)
+            model.train()
     model.eval()
     return {
         "state_dict": model.state_dict(),

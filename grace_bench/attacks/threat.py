@@ -1,0 +1,227 @@
+"""Threat-model parsing: perturbation budgets (``"4/255"``), norms and attack specs.
+
+Attack spec grammar (the ``--attack`` flag)::
+
+    none | pgd[steps=N;step=a/b] | apgd-ce[...] | aa-standard | aa-plus | aa-rand
+    | custom:<attack>[key=value;...],<attack>[...],...
+
+``<attack>`` is one of pyautoattack's names (``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab``, ``fab-t``,
+``square``). Optional sub-attack settings in brackets: ``restarts``, ``iterations``, ``targets``
+(target classes), ``queries`` (Square) and ``eot`` (EOT iterations). Inside brackets ``;`` or ``,``
+separate settings, e.g. ``custom:apgd-ce[restarts=1;iterations=50],apgd-t[targets=3]``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from grace_bench.errors import UserError
+
+NORMS = ("Linf", "L2")
+AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+AA_VERSIONS = {"aa-standard": "standard", "aa-plus": "plus", "aa-rand": "rand"}
+ATTACK_KINDS = ("none", "pgd", "apgd-ce", "aa-standard", "aa-plus", "aa-rand", "custom:<list>")
+
+# Settings each sub-attack accepts (fab-t always runs 1 restart in pyautoattack, so no ``restarts``).
+AA_SETTING_KEYS: dict[str, tuple[str, ...]] = {
+    "apgd-ce": ("restarts", "iterations", "eot"),
+    "apgd-dlr": ("restarts", "iterations", "eot"),
+    "apgd-t": ("restarts", "iterations", "targets", "eot"),
+    "fab": ("restarts", "iterations"),
+    "fab-t": ("iterations", "targets"),
+    "square": ("restarts", "queries"),
+}
+PGD_SETTING_KEYS = ("steps", "step")
+
+_NUMBER = re.compile(r"^\s*[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?\s*$")
+
+
+def parse_eps(value: str | float | int) -> float:
+    """``"4/255"``, ``"0.0157"``, ``"0"`` or a number -> a finite float >= 0."""
+    if isinstance(value, bool):
+        raise UserError(f"invalid eps {value!r}; write a number or a fraction such as 4/255")
+    if isinstance(value, (int, float)):
+        eps = float(value)
+    else:
+        text = str(value).strip()
+        try:
+            if "/" in text:
+                num, den = text.split("/", 1)
+                if not (_NUMBER.match(num) and _NUMBER.match(den)):
+                    raise ValueError(text)
+                denominator = float(den)
+                if denominator == 0:
+                    raise ValueError(text)
+                eps = float(num) / denominator
+            elif _NUMBER.match(text):
+                eps = float(text)
+            else:
+                raise ValueError(text)
+        except ValueError:
+            raise UserError(f"invalid eps {value!r}; write a number or a fraction such as 4/255") from None
+    if not math.isfinite(eps) or eps < 0:
+        raise UserError(f"invalid eps {value!r}; it must be a finite number >= 0, e.g. 4/255")
+    return eps
+
+
+def format_eps(eps: float | str) -> str:
+    """Canonical fraction string: ``4/255`` when eps is a multiple of 1/255 (to 1e-9), else ``repr``."""
+    value = parse_eps(eps)
+    k = value * 255
+    if abs(k - round(k)) < 1e-9 * max(1.0, abs(k)):
+        return "0" if round(k) == 0 else f"{round(k)}/255"
+    return repr(value)
+
+
+def parse_norm(norm: str) -> str:
+    """Case-insensitive ``linf``/``inf``/``l2`` -> ``"Linf"`` or ``"L2"``."""
+    key = str(norm).strip().lower()
+    if key in ("linf", "inf", "l_inf", "l-inf"):
+        return "Linf"
+    if key in ("l2", "2"):
+        return "L2"
+    raise UserError(f"unknown norm {norm!r}; use one of: {', '.join(NORMS)}")
+
+
+def check_eps_for_norm(eps: float, norm: str) -> None:
+    """An l-inf budget above 1 cannot be meant in [0,1] pixel space."""
+    if parse_norm(norm) == "Linf" and eps > 1:
+        raise UserError(f"eps {eps:g} exceeds 1 for Linf in [0,1] pixel space; write it as a fraction, e.g. 4/255")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A parsed ``--attack`` value.
+
+    ``kind`` is ``none``, ``pgd`` or ``autoattack``; ``version`` is pyautoattack's version (``standard``,
+    ``plus``, ``rand`` or ``custom``); ``attacks`` the explicit attack list (custom only) and ``settings``
+    per-attack overrides as sorted ``(attack, ((key, value), ...))`` tuples.
+    """
+
+    name: str
+    kind: str
+    version: str | None = None
+    attacks: tuple[str, ...] = ()
+    settings: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+
+    def settings_dict(self) -> dict[str, dict[str, str]]:
+        """Overrides as ``{attack: {key: value}}`` (values are strings as written)."""
+        return {attack: dict(items) for attack, items in self.settings}
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_attack_spec(spec: str) -> AttackSpec:
+    """Parse an ``--attack`` string (see the module docstring) into an ``AttackSpec``."""
+    text = str(spec).strip()
+    low = text.lower()
+    usage = f"choose one of: {', '.join(ATTACK_KINDS)}"
+    if low == "none":
+        return AttackSpec(name="none", kind="none")
+    if low in AA_VERSIONS:
+        return AttackSpec(name=low, kind="autoattack", version=AA_VERSIONS[low])
+    if low.startswith("pgd"):
+        name, settings = _parse_item(text, usage)
+        if name != "pgd":
+            raise UserError(f"unknown attack {spec!r}; {usage}")
+        _check_keys("pgd", settings, PGD_SETTING_KEYS)
+        if "steps" in settings:
+            _parse_count(settings["steps"], "pgd", "steps", minimum=0)
+        if "step" in settings:
+            parse_eps(settings["step"])
+        return AttackSpec(name=_canonical("pgd", settings), kind="pgd", settings=_freeze({"pgd": settings}))
+    if low.startswith("custom:"):
+        body = text.split(":", 1)[1]
+        items = _split_top_level(body)
+        if not items or any(not item.strip() for item in items):
+            raise UserError(f"empty attack list in {spec!r}; write e.g. custom:apgd-ce,apgd-t")
+        return _custom_spec([_parse_item(item, usage) for item in items], prefix="custom:")
+    if low.startswith("apgd-ce"):
+        item = _parse_item(text, usage)
+        if item[0] == "apgd-ce":
+            return _custom_spec([item], prefix="")
+    raise UserError(f"unknown attack {spec!r}; {usage}")
+
+
+def _custom_spec(items: list[tuple[str, dict[str, str]]], prefix: str) -> AttackSpec:
+    attacks: list[str] = []
+    overrides: dict[str, dict[str, str]] = {}
+    for name, settings in items:
+        if name not in AA_ATTACKS:
+            raise UserError(f"unknown AutoAttack attack {name!r}; choose from: {', '.join(AA_ATTACKS)}")
+        if name in attacks:
+            raise UserError(f"attack {name!r} is listed twice; list each AutoAttack attack once")
+        _check_keys(name, settings, AA_SETTING_KEYS[name])
+        for key, value in settings.items():
+            _parse_count(value, name, key, minimum=1)
+        attacks.append(name)
+        if settings:
+            overrides[name] = settings
+    name = prefix + ",".join(_canonical(a, overrides.get(a, {})) for a in attacks)
+    return AttackSpec(name=name, kind="autoattack", version="custom", attacks=tuple(attacks),
+                      settings=_freeze(overrides))
+
+
+def _parse_item(item: str, usage: str) -> tuple[str, dict[str, str]]:
+    item = item.strip()
+    match = re.fullmatch(r"([A-Za-z0-9_-]+)\s*(?:\[(.*)\])?", item)
+    if match is None:
+        raise UserError(f"cannot parse attack {item!r}; {usage}")
+    name, body = match.group(1).lower(), match.group(2)
+    settings: dict[str, str] = {}
+    if body is not None:
+        for part in re.split(r"[;,]", body):
+            if not part.strip():
+                continue
+            if "=" not in part:
+                raise UserError(f"setting {part.strip()!r} of {name!r} needs key=value, e.g. {name}[restarts=1]")
+            key, value = (s.strip() for s in part.split("=", 1))
+            settings[key.lower()] = value
+    return name, settings
+
+
+def _split_top_level(body: str) -> list[str]:
+    items, depth, current = [], 0, []
+    for ch in body:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    items.append("".join(current))
+    if depth != 0:
+        raise UserError(f"unbalanced brackets in {body!r}; write e.g. custom:apgd-ce[restarts=1],apgd-t")
+    return items
+
+
+def _check_keys(name: str, settings: dict[str, str], allowed: tuple[str, ...]) -> None:
+    for key in settings:
+        if key not in allowed:
+            raise UserError(f"{name!r} has no setting {key!r}; allowed: {', '.join(allowed)}")
+
+
+def _parse_count(value: str, name: str, key: str, *, minimum: int) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise UserError(f"setting {key}={value!r} of {name!r} must be an integer") from None
+    if count < minimum:
+        raise UserError(f"setting {key}={value!r} of {name!r} must be >= {minimum}")
+    return count
+
+
+def _canonical(name: str, settings: dict[str, str]) -> str:
+    if not settings:
+        return name
+    return f"{name}[" + ";".join(f"{k}={settings[k]}" for k in sorted(settings)) + "]"
+
+
+def _freeze(overrides: dict[str, dict[str, str]]) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    return tuple((a, tuple(sorted(s.items()))) for a, s in overrides.items() if s)
