@@ -28,7 +28,7 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--attack", help="none|pgd|apgd-ce|aa-standard|aa-plus|aa-rand|custom:<list> (default: apgd-ce)")
     p.add_argument("--eps", help="perturbation budget, e.g. 4/255 (default 4/255)")
     p.add_argument("--norm", default="Linf", help="Linf or L2")
-    p.add_argument("--n-adv", type=int, help="number of adversarial examples (micro: 500; imagenet: 5000 ids)")
+    p.add_argument("--n-adv", type=int, help="number of adversarial examples (micro: 250; imagenet: 5000 ids)")
     p.add_argument("--adv-datasets", nargs="+", help="datasets to attack (default: the ID dataset)")
     p.add_argument("--out", type=Path, default=Path("results"), help="result directory (default: results)")
     p.add_argument("--limit", type=int, help="evaluate only the first N images of each dataset")

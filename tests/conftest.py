@@ -28,3 +28,11 @@ def tiny_classifier(tiny_clip):
 
     head = build_zero_shot_head(tiny_clip.model, tiny_clip.tokenizer, MICRO_CLASSNAMES, MICRO_TEMPLATES)
     return ZeroShotClassifier(tiny_clip.model, head, tiny_clip.mean, tiny_clip.std).eval()
+
+
+@pytest.fixture(scope="session")
+def micro_clip():
+    """The pretrained micro-CLIP (pretrained once per cache dir; CI caches it in .ci-cache)."""
+    from grace_bench.models.micro import load_micro_clip
+
+    return load_micro_clip(progress=False)

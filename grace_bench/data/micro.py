@@ -69,8 +69,13 @@ def _split(split: str) -> tuple[np.ndarray, np.ndarray]:
     return x[idx], y[idx]
 
 
-def pretrain_renditions(digits8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The varied renditions seen in micro-CLIP pretraining: flat random colours, jitter, blur, noise."""
+def pretrain_renditions(digits8: np.ndarray, rng: np.random.Generator, gray_fraction: float = 0.5) -> np.ndarray:
+    """The varied renditions seen in micro-CLIP pretraining ("web photos" of digits).
+
+    Every image gets geometric jitter, stroke-width change, blur and noise. A ``gray_fraction`` of them
+    keeps light ink on a dark background with random grey levels; the rest get flat random colours
+    of either polarity. Exact plain renderings (the ID test distribution) are never produced.
+    """
     n = len(digits8)
     masks = R.upscale(digits8)
     masks = R.affine(masks, rng, max_rot=15, max_shift=0.08, scale=(0.85, 1.15))
@@ -84,6 +89,11 @@ def pretrain_renditions(digits8: np.ndarray, rng: np.random.Generator) -> np.nda
         sel = sig == s
         masks[sel] = R.blur(masks[sel], float(s))
     fg, bg = R.random_colours(n, rng)
+    gray = rng.random(n) < gray_fraction
+    level_fg = rng.uniform(0.6, 1.0, gray.sum()).astype(np.float32)
+    level_bg = rng.uniform(0.0, 0.3, gray.sum()).astype(np.float32)
+    fg[gray] = level_fg[:, None]
+    bg[gray] = level_bg[:, None]
     img = R.compose(masks, fg, bg)
     img += rng.normal(0, 1, img.shape).astype(np.float32) * rng.uniform(0, 0.06, (n, 1, 1, 1)).astype(np.float32)
     return np.clip(img, 0, 1)
@@ -102,7 +112,7 @@ def _render_v2(x8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _render_sketch(x8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     masks = R.affine(R.upscale(x8), rng, max_rot=5, max_shift=0.03, scale=(0.95, 1.05))
-    lines = np.clip(R.sobel_outline(masks) * 1.6, 0, 1)
+    lines = np.clip(R.thicken(R.sobel_outline(masks), 1) * 1.6, 0, 1)
     paper = rng.uniform(0.85, 1.0, (len(x8), 1, 1)).astype(np.float32)
     gray = paper * (1 - lines)
     return np.repeat(gray[:, None], 3, axis=1).astype(np.float32)
@@ -121,15 +131,15 @@ def _render_r(x8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _nuisance_pool(x8: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """MICRO_A_VARIANTS strongly perturbed plain renderings of each digit; returns images and source index."""
     src = np.repeat(np.arange(len(x8)), MICRO_A_VARIANTS)
-    masks = R.affine(R.upscale(x8[src]), rng, max_rot=40, max_shift=0.16, scale=(0.7, 1.35))
+    masks = R.affine(R.upscale(x8[src]), rng, max_rot=60, max_shift=0.2, scale=(0.6, 1.45))
     n = len(src)
     yy, xx = np.mgrid[0:R.SIZE, 0:R.SIZE]
     for i in range(n):
-        if rng.random() < 0.6:  # an occluder
-            h, w = rng.integers(6, 13, 2)
+        if rng.random() < 0.8:  # an occluder
+            h, w = rng.integers(8, 15, 2)
             y0, x0 = rng.integers(0, R.SIZE - h), rng.integers(0, R.SIZE - w)
             masks[i, y0:y0 + h, x0:x0 + w] = 0.0
-        if rng.random() < 0.6:  # a clutter stroke
+        for _ in range(rng.integers(1, 3)):  # clutter strokes
             a, b, c = rng.normal(size=3)
             d = np.abs(a * (xx - 16) + b * (yy - 16) + c * 8) / np.hypot(a, b)
             masks[i] = np.maximum(masks[i], (d < 1.2).astype(np.float32) * rng.uniform(0.6, 1.0))

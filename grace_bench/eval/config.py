@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-MICRO_DEFAULTS = {"attack": "apgd-ce[restarts=1]", "eps": "4/255", "n_adv": 500}
+MICRO_DEFAULTS = {"attack": "apgd-ce[restarts=1]", "eps": "4/255", "n_adv": 250}
 IMAGENET_DEFAULTS = {"attack": "apgd-ce[restarts=1]", "eps": "4/255", "n_adv": 5000}
 
 
@@ -44,5 +44,5 @@ class EvalConfig:
 
 
 def suite_defaults(suite_name: str) -> dict:
-    """The adversarial defaults of a suite (micro: APGD-CE at 4/255 on 500 test images)."""
+    """The adversarial defaults of a suite (micro: APGD-CE, 1 restart, at 4/255 on the first 250 test images)."""
     return dict(MICRO_DEFAULTS if suite_name == "micro" else IMAGENET_DEFAULTS)

@@ -23,8 +23,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         if not r:
             continue
         lines.append(
-            f"{name + ' (' + r['attack'] + ')':<22}{'adv':<9}{r['n']:>7}{_pct(r['robust_acc']):>9}"
-            f"   robust at eps {r['eps']} {r['norm']} (clean on subset {_pct(r['clean_acc']).strip()})"
+            f"{name + ' robust':<22}{'adv':<9}{r['n']:>7}{_pct(r['robust_acc']):>9}"
+            f"   {r['attack']}, eps {r['eps']} {r['norm']} (clean on this subset {_pct(r['clean_acc']).strip()})"
         )
     a = summary["aggregates"]
     lines.append(

@@ -1,0 +1,69 @@
+"""The micro suite: deterministic data, fixed splits, the micro-a filter, and micro-CLIP's zero-shot profile."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from grace_bench.data import micro as M
+from grace_bench.data.suites import get_suite
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.numpy().tobytes()).hexdigest()
+
+
+def test_splits_are_fixed_disjoint_and_stratified():
+    s = M.split_indices()
+    assert {k: len(v) for k, v in s.items()} == {"train": 1077, "val": 180, "test": 540}
+    assert not set(s["train"]) & set(s["test"]) and not set(s["val"]) & set(s["test"])
+    _, y = M.digits()
+    assert np.bincount(y[s["test"]]).min() >= 50
+
+
+def test_shifts_are_deterministic_and_in_range():
+    for name in M.MICRO_DATASETS:
+        x, y = M.micro_dataset(name).tensors
+        assert x.shape[1:] == (3, 32, 32) and x.dtype == torch.float32
+        assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+        M._build.cache_clear()
+        x2, y2 = M.micro_dataset(name).tensors
+        assert _digest(x) == _digest(x2) and torch.equal(y, y2)
+
+
+def test_micro_a_is_filtered_against_the_reference_classifier():
+    x, y = M.micro_dataset("micro-a").tensors
+    ref = M._reference_classifier()
+    pred = ref.predict(x[:, 0].reshape(len(x), -1).numpy())
+    assert len(x) == M.MICRO_A_MAX
+    assert (pred != y.numpy()).all()  # every kept image fools the reference classifier
+    plain_x, plain_y = M.micro_dataset("micro").tensors
+    assert (ref.predict(plain_x[:, 0].reshape(len(plain_x), -1).numpy()) == plain_y.numpy()).mean() > 0.9
+    assert len(np.unique(y.numpy())) == 10
+
+
+def test_suite_declares_roles():
+    suite = get_suite("micro")
+    assert [d.role for d in suite.datasets] == ["id", "ood", "ood", "ood", "nat-adv"]
+    assert len(suite.train_split(None, "train")) == 1077
+
+
+@pytest.mark.slow
+def test_micro_clip_zero_shot_profile(micro_clip):
+    """Shifts lower zero-shot accuracy below ID, micro-a is the hardest, and ID leaves room to improve."""
+    from grace_bench.eval.context import classifier_for
+
+    suite = get_suite("micro")
+    clf = classifier_for(micro_clip, suite)
+    acc = {}
+    with torch.no_grad():
+        for d in suite.datasets:
+            x, y = d.load(None).tensors
+            acc[d.name] = (clf(x).argmax(1) == y).float().mean().item()
+    assert 0.75 <= acc["micro"] <= 0.97, acc
+    for name in ("micro-v2", "micro-sketch", "micro-r", "micro-a"):
+        assert acc[name] < acc["micro"] - 0.05, acc
+    assert acc["micro-a"] == min(acc.values()), acc
