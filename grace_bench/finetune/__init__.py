@@ -1,0 +1,1 @@
+"""Fine-tuning: one trainer (loop, checkpoints, resume, DDP) and one module per method (``methods/``)."""
