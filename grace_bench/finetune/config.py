@@ -22,8 +22,8 @@ PRECISIONS = ("fp32", "bf16")
 RUNTIME_KEYS = frozenset({"resume", "device", "num_workers", "log_every", "progress", "out", "data_root",
                           "trust_pickle", "keep_last", "eval_every", "save_every", "val_split", "val_max_samples"})
 # Trainer settings a method may give paper defaults for (None in the dataclass means "method decides").
-METHOD_TUNABLE = ("lr", "weight_decay", "batch_size", "epochs", "max_steps", "warmup_steps")
-FALLBACK = {"lr": 1e-5, "weight_decay": 0.1, "batch_size": 128, "epochs": 10.0, "warmup_steps": 500}
+METHOD_TUNABLE = ("lr", "weight_decay", "batch_size", "epochs", "max_steps", "warmup_steps", "lora_rank")
+FALLBACK = {"lr": 1e-5, "weight_decay": 0.1, "batch_size": 128, "epochs": 10.0, "warmup_steps": 500, "lora_rank": 0}
 
 
 @dataclass
@@ -50,7 +50,7 @@ class FinetuneConfig:
     grad_checkpointing: bool = False
     max_train_samples: int | None = None
     # LoRA (rank 0 = full fine-tuning)
-    lora_rank: int = 0
+    lora_rank: int | None = None  # None: the method's default (GRACE: 64), else 0 = full fine-tuning
     lora_alpha: float | None = None
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
@@ -196,7 +196,7 @@ def validate_config(cfg: FinetuneConfig) -> FinetuneConfig:
         setattr(cfg, key, _bool(key, getattr(cfg, key)))
     cfg.max_train_samples = _number("max_train_samples", cfg.max_train_samples, integer=True, minimum=1,
                                     allow_none=True)
-    cfg.lora_rank = _number("lora_rank", cfg.lora_rank, integer=True, minimum=0)
+    cfg.lora_rank = _number("lora_rank", cfg.lora_rank, integer=True, minimum=0, allow_none=True)
     cfg.lora_alpha = _number("lora_alpha", cfg.lora_alpha, minimum=0, exclusive=True, allow_none=True)
     cfg.lora_dropout = _number("lora_dropout", cfg.lora_dropout, minimum=0)
     if cfg.lora_dropout >= 1:
