@@ -51,10 +51,11 @@ def final_weights(run_dir):
 ], ids=["ft-lora-dropout", "tecoa-full"])
 def test_resume_after_kill_is_bit_identical(tmp_path, kw):
     straight = run(cfg_for(tmp_path, "straight", **kw))
-    killed = cfg_for(tmp_path, "killed", save_every=3, **kw)
+    # killed after step 3, one step past its last checkpoint (step 2): the resume replays step 3
+    killed = cfg_for(tmp_path, "killed", save_every=2, **kw)
     first = run(killed, stop_at_step=3)
-    assert first.step == 3 and not (tmp_path / "killed" / "config.json").read_text() == ""
-    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "killed")] == [3]
+    assert first.step == 3 and not (tmp_path / "killed" / "model.safetensors").read_bytes() == b""
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "killed")] == [2]
     resumed = run(dataclasses.replace(killed, resume=True))
     assert resumed.step == straight.step
     a, b = final_weights(straight.run_dir), final_weights(resumed.run_dir)
