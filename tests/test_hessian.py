@@ -25,15 +25,6 @@ from grace_bench.geometry.hessian import (
 from grace_bench.geometry.losses import math_sdpa, select_params
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and spinning threads cost CPU on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _mlp(dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4)).to(dtype)

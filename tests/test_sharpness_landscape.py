@@ -21,14 +21,6 @@ from grace_bench.geometry.losses import loss_and_accuracy, select_params
 from grace_bench.geometry.sharpness import average_sharpness, worst_case_sharpness
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _mlp(seed=0):
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3)).double()
