@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         argv = ["eval"]  # the embedded default: micro-CLIP on the micro suite
     args = parser.parse_args(argv)
+    args.argv = argv  # the command as given (recorded by commands that report how their output was made)
     if not hasattr(args, "func"):
         parser.print_help()
         return EXIT_USER_ERROR

@@ -111,7 +111,8 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
     id_names = [d.name for d in suite.by_role("id")]
     summary = {
         "schema": SUMMARY_SCHEMA,
-        "checkpoint": {"spec": clip.spec, "fingerprint": fp, "arch": clip.arch, "base": clip.base_spec},
+        "checkpoint": {"spec": clip.spec, "fingerprint": fp, "arch": clip.arch, "base": clip.base_spec,
+                       **{k: clip.info[k] for k in ("method", "alpha") if clip.info.get(k) is not None}},
         "suite": suite.name,
         "label": cfg.label or clip.spec,
         "per_dataset": per_dataset,

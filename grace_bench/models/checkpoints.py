@@ -240,6 +240,8 @@ def _load_run_dir(spec: RunDirSpec, *, base: str | None, trust_pickle: bool) -> 
     clip = _fill(clip, obj, source=str(spec.weights), base=base or config.get("base"), trust_pickle=trust_pickle)
     clip.base_spec = base or config.get("base")
     clip.info.update(run_dir=str(spec.config.parent), method=config.get("method"))
+    if config.get("alpha") is not None:  # a WiSE-FT interpolation
+        clip.info["alpha"] = float(config["alpha"])
     clip.info["format"] = "grace-bench-run"
     return clip
 
