@@ -1,0 +1,1 @@
+"""The end-to-end study behind `grace-bench compare`."""

@@ -1,0 +1,189 @@
+"""What a study runs: the method catalogue, the shared training budget, the evaluation protocol and
+the geometry settings. ``study_recipe`` builds the default (or ``--quick``) recipe for a suite.
+
+Every method of a study trains with the same budget (steps, batch, warm-up, seeds) and, for the
+adversarial ones, the same threat model; only the learning rate differs, chosen on the validation
+split by ``grace-bench compare --tune`` (the micro choices are shipped in ``micro_lr.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grace_bench.errors import UserError
+
+ZERO_SHOT = "zero-shot"
+WISE = "wise-ft"
+TUNED_LR_FILE = Path(__file__).with_name("micro_lr.json")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One row of the study: a trainer method plus the settings that make it this variant."""
+
+    label: str
+    method: str  # trainer method name; "" for the zero-shot model, "wise" for WiSE-FT
+    group: str  # main | lora | ablation
+    description: str
+    lora_rank: int | None = None  # None: the method's default (GRACE: 64); 0: full fine-tuning
+    method_args: tuple[tuple[str, Any], ...] = ()
+    adversarial: bool = False  # trains on PGD examples (gets the shared threat model)
+    all_seeds: bool = True  # False: trained on the first seed only (budget)
+
+    @property
+    def trains(self) -> bool:
+        return self.method not in ("", "wise")
+
+
+CATALOGUE: tuple[MethodSpec, ...] = (
+    MethodSpec(ZERO_SHOT, "", "main", "the pretrained model, no fine-tuning"),
+    MethodSpec("ft", "ft", "main", "end-to-end CE with the zero-shot head", lora_rank=0),
+    MethodSpec(WISE, "wise", "main", "WiSE-FT: (1-α)·θ0 + α·θ_ft, α = 0.5"),
+    MethodSpec("flyp", "flyp", "main", "contrastive fine-tuning against class-prompt captions", lora_rank=0),
+    MethodSpec("tecoa", "tecoa", "main", "CE on PGD images vs the frozen text head", lora_rank=0, adversarial=True),
+    MethodSpec("fare", "fare", "main", "unsupervised embedding-matching adversarial loss", lora_rank=0,
+               adversarial=True),
+    MethodSpec("pmg-aft", "pmg-aft", "main", "TeCoA + KL to the pretrained and to the clean outputs", lora_rank=0,
+               adversarial=True),
+    MethodSpec("grace", "grace", "main", "LoRA + LAR-AWP with curvature curriculum + Gram-volume loss",
+               adversarial=True),
+    MethodSpec("ft-lora", "ft", "lora", "FT with LoRA rank 64 (Table 7)", lora_rank=64, all_seeds=False),
+    MethodSpec("tecoa-lora", "tecoa", "lora", "TeCoA with LoRA rank 64 (Table 7)", lora_rank=64, adversarial=True,
+               all_seeds=False),
+    MethodSpec("grace-lora-ft", "grace", "ablation", "Table 8 row 1: LoRA, task loss only, no PGD",
+               method_args=(("ablation", "lora-ft"),), adversarial=True, all_seeds=False),
+    MethodSpec("grace-gv", "grace", "ablation", "Table 8 row 2: + Gram-volume loss (clean, adversarial)",
+               method_args=(("ablation", "gv"),), adversarial=True, all_seeds=False),
+    MethodSpec("grace-awp-uniform", "grace", "ablation", "Table 8 row 3: + LAR-AWP at a uniform rank",
+               method_args=(("ablation", "awp-uniform"),), adversarial=True, all_seeds=False),
+    MethodSpec("grace-awp-curriculum", "grace", "ablation", "Table 8 row 4: + LAR-AWP with the curvature curriculum",
+               method_args=(("ablation", "awp-curriculum"),), adversarial=True, all_seeds=False),
+)
+BY_LABEL = {m.label: m for m in CATALOGUE}
+QUICK_METHODS = (ZERO_SHOT, "ft", WISE, "tecoa", "grace", "grace-gv")
+
+
+def method_spec(label: str) -> MethodSpec:
+    """The catalogue entry called ``label``; a one-line error lists the known ones."""
+    if label not in BY_LABEL:
+        raise UserError(f"unknown study method '{label}'; choose from: {', '.join(BY_LABEL)}")
+    return BY_LABEL[label]
+
+
+@dataclass
+class StudyRecipe:
+    """Everything a study run depends on; its JSON is stored with the results and checked on resume."""
+
+    suite: str = "micro"
+    base: str = "micro"
+    data_root: str | None = None
+    methods: list[str] = field(default_factory=lambda: [m.label for m in CATALOGUE])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    # training budget shared by every method (None: each method's paper default)
+    steps: int | None = 60
+    batch_size: int | None = 32
+    warmup_steps: int | None = 6
+    save_every: int = 20
+    lr: dict[str, float] = field(default_factory=dict)
+    lr_source: str = ""
+    # the threat model every adversarial method trains with
+    train_eps: str = "4/255"
+    train_pgd_steps: int = 5
+    train_pgd_step_size: str = "1/255"
+    # evaluation protocol
+    attack: str = "apgd-ce[restarts=1;iterations=25]"
+    eps: str = "4/255"
+    n_adv: int | None = 250
+    eval_limit: int | None = None
+    wise_alpha: float = 0.5
+    wise_curve: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    # geometry on the first seed of every main method; each kind maps to its CLI flags
+    geometry: dict[str, list[str]] = field(default_factory=lambda: {
+        "weights": [],
+        "hessian": ["--n", "64", "--top-k", "3", "--trace-samples", "20", "--slq-runs", "1"],
+        "features": ["--n", "256"],
+        "landscape": ["--mode", "1d", "--n", "256", "--range=-1:1:21"],
+    })
+    quick: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def specs(self) -> list[MethodSpec]:
+        return [method_spec(label) for label in self.methods]
+
+    def seeds_for(self, spec: MethodSpec) -> list[int]:
+        return list(self.seeds) if spec.all_seeds else list(self.seeds[:1])
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change numbers (the method list and seeds may grow between runs)."""
+        d = self.to_dict()
+        for key in ("methods", "seeds", "data_root", "wise_curve", "geometry"):
+            d.pop(key)
+        return d
+
+
+def load_tuned_lr(path: Path = TUNED_LR_FILE) -> dict[str, float]:
+    """The per-method learning rates chosen on the validation split (``compare --tune`` writes them)."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc.msg}); rerun `grace-bench compare --tune`") from exc
+    return {k: float(v["lr"]) for k, v in data.get("selected", {}).items()}
+
+
+def study_recipe(suite: str = "micro", *, quick: bool = False, methods: list[str] | None = None,
+                 seeds: int | None = None, steps: int | None = None, base: str | None = None,
+                 data_root: str | None = None, lr_file: Path | None = None) -> StudyRecipe:
+    """The default recipe of ``suite`` (micro: the shared CPU budget; others: each method's paper setting)."""
+    if suite == "micro":
+        recipe = StudyRecipe()
+        recipe.lr = load_tuned_lr(lr_file or TUNED_LR_FILE)
+        recipe.lr_source = str((lr_file or TUNED_LR_FILE).name) if recipe.lr else "method defaults"
+        if quick:
+            recipe.methods = list(QUICK_METHODS)
+            recipe.seeds = [0]
+            recipe.steps, recipe.batch_size, recipe.warmup_steps, recipe.save_every = 6, 16, 1, 3
+            recipe.train_pgd_steps = 2
+            recipe.train_pgd_step_size = "2/255"
+            recipe.attack = "apgd-ce[restarts=1;iterations=5]"
+            recipe.n_adv, recipe.eval_limit = 32, 128
+            recipe.wise_curve = [0.5]
+            recipe.geometry = {
+                "weights": [],
+                "hessian": ["--n", "16", "--top-k", "1", "--trace-samples", "4", "--slq-runs", "1", "--slq-iter", "8",
+                            "--lanczos-iter", "20"],
+                "features": ["--n", "48", "--pgd-steps", "2", "--pgd-step-size", "2/255"],
+                "landscape": ["--mode", "1d", "--n", "32", "--range=-1:1:5"],
+            }
+            recipe.quick = True
+    else:
+        recipe = StudyRecipe(suite=suite, base=base or "ViT-B-32:openai", steps=None, batch_size=None,
+                             warmup_steps=None, save_every=500, lr_source="method defaults",
+                             attack="apgd-ce[restarts=1]",
+                             n_adv=None, wise_curve=[0.1 * i for i in range(1, 10)],
+                             geometry={"weights": [], "hessian": ["--top-k", "3"], "features": [],
+                                       "landscape": ["--mode", "1d"]})
+    if base:
+        recipe.base = base
+    recipe.data_root = data_root
+    if methods:
+        unknown = [m for m in methods if m not in BY_LABEL]
+        if unknown:
+            raise UserError(f"unknown study method(s) {', '.join(unknown)}; choose from: {', '.join(BY_LABEL)}")
+        needed = [ZERO_SHOT] + (["ft"] if WISE in methods else [])
+        recipe.methods = [m.label for m in CATALOGUE if m.label in set(methods) | set(needed)]
+    if seeds is not None:
+        if seeds < 1:
+            raise UserError("--seeds must be at least 1")
+        recipe.seeds = list(range(seeds))
+    if steps is not None:
+        if steps < 1:
+            raise UserError("--steps must be at least 1")
+        recipe.steps = steps
+    return recipe

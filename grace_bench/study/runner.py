@@ -1,0 +1,174 @@
+"""Run a study stage by stage: pretrain → fine-tune → WiSE-FT → evaluate → geometry → report.
+
+Every stage skips what is already on disk, so a killed study resumes where it stopped: a finished
+run has ``model.safetensors``, an unfinished one resumes from its last checkpoint (bit-identically),
+evaluations and geometry skip finished result files. ``WORK/recipe.json`` pins the settings that
+change numbers; resuming with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from grace_bench.errors import UserError
+from grace_bench.study.plan import Entry, entries, finetune_config, wise_alphas, wise_dir
+from grace_bench.study.recipe import WISE, ZERO_SHOT, StudyRecipe
+from grace_bench.utils.atomic import atomic_write_json
+
+STAGES = ("pretrain", "finetune", "wise", "eval", "geometry", "report")
+
+
+@dataclass
+class StudyRun:
+    """A study in progress: its recipe, its folders and the wall time of each stage."""
+
+    recipe: StudyRecipe
+    work: Path
+    out: Path
+    device: str = "auto"
+    progress: bool = True
+    command: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    log: Callable[[str], None] = print
+
+    @property
+    def results_dir(self) -> Path:
+        return self.work / "results"
+
+    @property
+    def geometry_dir(self) -> Path:
+        return self.work / "geometry"
+
+    def entries(self) -> list[Entry]:
+        return entries(self.recipe, self.work)
+
+
+def check_recipe(work: Path, recipe: StudyRecipe) -> None:
+    """Write ``WORK/recipe.json`` on the first run; refuse to resume a study made with other settings."""
+    path = work / "recipe.json"
+    current = recipe.identity()
+    if path.is_file():
+        saved = json.loads(path.read_text()).get("identity", {})
+        diff = sorted(k for k in set(saved) | set(current)
+                      if json.dumps(saved.get(k), sort_keys=True) != json.dumps(current.get(k), sort_keys=True))
+        if diff:
+            raise UserError(f"{work} holds a study made with other settings ({diff[0]}: {saved.get(diff[0])!r} vs "
+                            f"{current.get(diff[0])!r}); use another --work folder or delete it")
+    atomic_write_json(path, {"identity": current, "recipe": recipe.to_dict()})
+
+
+def run_study(run: StudyRun, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
+    """Run ``stages`` of the study in order; returns the report record (also written to ``OUT/study.json``)."""
+    from grace_bench.study.report import write_report
+
+    run.work.mkdir(parents=True, exist_ok=True)
+    check_recipe(run.work, run.recipe)
+    steps: dict[str, Callable[[StudyRun], None]] = {
+        "pretrain": _pretrain, "finetune": _finetune, "wise": _wise, "eval": _evaluate, "geometry": _geometry,
+    }
+    report: dict[str, Any] = {}
+    for stage in stages:
+        t0 = time.perf_counter()
+        run.log(f"== {stage}")
+        if stage == "report":
+            report = write_report(run)
+        else:
+            steps[stage](run)
+        run.timings[stage] = round(time.perf_counter() - t0, 1)
+    return report
+
+
+def _pretrain(run: StudyRun) -> None:
+    if run.recipe.base != "micro":
+        run.log(f"base model {run.recipe.base}: nothing to pretrain")
+        return
+    from grace_bench.models.micro import ensure_micro_weights
+
+    run.log(f"micro-CLIP: {ensure_micro_weights(progress=run.progress)}")
+
+
+def _finetune(run: StudyRun) -> None:
+    from grace_bench.finetune.trainer import train
+
+    todo = [e for e in run.entries() if e.spec.trains]
+    for entry in tqdm(todo, desc="fine-tune", unit="run", disable=not run.progress):
+        out = entry.run_dir
+        if (out / "model.safetensors").is_file():
+            continue
+        cfg = finetune_config(run.recipe, entry.spec, entry.seed, out, progress=False, device=run.device)
+        cfg.resume = (out / "config.json").is_file()
+        t0 = time.perf_counter()
+        result = train(cfg)
+        acc = "n/a" if result.val_acc is None else f"{result.val_acc:.3f}"
+        run.log(f"  {out.name}: {result.step} steps in {time.perf_counter() - t0:.0f} s, val acc {acc}")
+
+
+def _wise(run: StudyRun) -> None:
+    if WISE not in run.recipe.methods:
+        return
+    from grace_bench.finetune.wise import alpha_dirname, write_wise_runs
+    from grace_bench.study.plan import run_dir
+
+    for seed in run.recipe.seeds:
+        alphas = [a for a in wise_alphas(run.recipe, seed)
+                  if not (wise_dir(run.work, seed) / alpha_dirname(a) / "model.safetensors").is_file()]
+        if alphas:
+            write_wise_runs(run.recipe.base, str(run_dir(run.work, "ft", seed)), alphas, wise_dir(run.work, seed),
+                            progress=False)
+
+
+def _evaluate(run: StudyRun) -> None:
+    from grace_bench.eval.config import EvalConfig
+    from grace_bench.eval.run import run_eval
+
+    recipe = run.recipe
+    for entry in tqdm(run.entries(), desc="evaluate", unit="ckpt", disable=not run.progress):
+        cfg = EvalConfig(checkpoint=entry.checkpoint, suite=recipe.suite, data_root=_path(recipe.data_root),
+                         attack=recipe.attack, eps=recipe.eps, n_adv=recipe.n_adv, limit=recipe.eval_limit,
+                         out=run.results_dir, device=run.device, label=entry.label, progress=False,
+                         workers=0 if recipe.suite == "micro" else 4)
+        run_eval(cfg)
+
+
+def geometry_entries(run: StudyRun) -> list[Entry]:
+    """The checkpoints that get geometry: the first seed of every main-group row (not the extra WiSE α's)."""
+    first = run.recipe.seeds[0]
+    return [e for e in run.entries()
+            if e.spec.group == "main" and e.seed == first and (e.alpha is None or e.label == WISE)]
+
+
+def _geometry(run: StudyRun) -> None:
+    from grace_bench.cli import build_parser
+
+    parser = build_parser()
+    jobs = [(kind, flags, e) for e in geometry_entries(run) for kind, flags in run.recipe.geometry.items()
+            if not (kind == "weights" and e.label == ZERO_SHOT)]
+    for kind, flags, entry in tqdm(jobs, desc="geometry", unit="job", disable=not run.progress):
+        argv = ["geometry", kind, entry.checkpoint, "--ref", run.recipe.base, "--out", str(run.geometry_dir),
+                "--label", entry.label, "--no-progress", "--device", run.device, *flags]
+        if kind != "weights":
+            argv += ["--suite", run.recipe.suite]
+            if run.recipe.data_root:
+                argv += ["--data-root", run.recipe.data_root]
+        args = parser.parse_args(argv)
+        _quietly(args.func, args)
+
+
+def _quietly(func: Callable[[Any], int], args: Any) -> None:
+    """Run a CLI function with its console lines swallowed (the study prints its own progress)."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        func(args)
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None

@@ -1,0 +1,100 @@
+"""`grace-bench compare`: the recipe, the claim verdicts, and the quick study end to end with a resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from grace_bench.cli import main
+from grace_bench.errors import UserError
+from grace_bench.study.claims import accuracy_claims, geometry_claims
+from grace_bench.study.plan import entries
+from grace_bench.study.recipe import study_recipe
+from grace_bench.study.runner import check_recipe
+
+
+def test_recipe_adds_what_a_row_needs_and_rejects_unknown_methods():
+    recipe = study_recipe("micro", methods=["wise-ft"], seeds=2)
+    assert recipe.methods == ["zero-shot", "ft", "wise-ft"]
+    assert recipe.seeds == [0, 1]
+    with pytest.raises(UserError, match="unknown study method"):
+        study_recipe("micro", methods=["graze"])
+    with pytest.raises(UserError, match="--seeds"):
+        study_recipe("micro", seeds=0)
+
+
+def test_plan_trains_ablations_on_the_first_seed_and_draws_the_wise_curve_once(tmp_path):
+    recipe = study_recipe("micro", methods=["grace", "grace-gv", "wise-ft"], seeds=3)
+    found = entries(recipe, tmp_path)
+    labels = [(e.label, e.seed) for e in found]
+    assert labels.count(("zero-shot", 0)) == 1
+    assert [s for lab, s in labels if lab == "grace"] == [0, 1, 2]
+    assert [s for lab, s in labels if lab == "grace-gv"] == [0]
+    curve = [e.alpha for e in found if e.alpha is not None and e.seed == 0]
+    assert curve == sorted(set(recipe.wise_curve) | {0.5})
+    assert [e.alpha for e in found if e.alpha is not None and e.seed == 1] == [0.5]
+
+
+def test_resuming_a_study_with_other_settings_is_refused(tmp_path):
+    check_recipe(tmp_path, study_recipe("micro"))
+    check_recipe(tmp_path, study_recipe("micro", seeds=5))  # more seeds: same study, grows
+    with pytest.raises(UserError, match="other settings"):
+        check_recipe(tmp_path, study_recipe("micro", steps=7))
+
+
+def _stats(**means):
+    return {label: {"group": "main", "n": 3, "mean": m, "std": {k: 0.01 for k in m}} for label, m in means.items()}
+
+
+def test_claim_verdicts_follow_the_numbers():
+    row = {"id": 0.9, "ood_avg": 0.5, "adv": 0.2, "hm": 0.4}
+    good = _stats(**{"zero-shot": {**row, "id": 0.85, "adv": 0.1}, "ft": {**row, "adv": 0.1, "hm": 0.3},
+                     "wise-ft": {**row, "adv": 0.1, "hm": 0.3}, "tecoa": {**row, "adv": 0.18, "hm": 0.35},
+                     "grace": {**row, "id": 0.895, "adv": 0.3, "hm": 0.45}})
+    verdicts = [c.verdict for c in accuracy_claims(good)]
+    assert verdicts == ["holds"] * 5
+    bad = json.loads(json.dumps(good))
+    bad["grace"]["mean"].update(id=0.85, adv=0.12, hm=0.2)
+    verdicts = {c.claim: c.verdict for c in accuracy_claims(bad)}
+    assert verdicts["ID accuracy close to FT"] == "does not hold"
+    assert verdicts["Adv far above FT and WiSE-FT"] == "does not hold"
+    assert verdicts["best HM of all methods"] == "does not hold"
+    assert all(c.verdict == "not measured" for c in accuracy_claims({}))
+    geo = {"grace": {"lambda_max": 1.0, "weight_drift": 0.1}, "ft": {"lambda_max": 3.0},
+           "wise-ft": {"lambda_max": 2.0}, "tecoa": {"weight_drift": 0.4}}
+    g = {c.claim: c.verdict for c in geometry_claims(geo)}
+    assert g["flatter minimum: λ_max about half of FT and WiSE-FT"] == "holds"
+    assert g["small weight drift"] == "holds"
+    assert g["small ΔLID under shift"] == "not measured"
+
+
+@pytest.mark.slow
+def test_compare_quick_end_to_end_and_resume(tmp_path, capsys):
+    """The CI form of the study: every stage runs, every artefact is written, and a rerun changes nothing."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    argv = ["compare", "--quick", "--work", str(work), "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    study = json.loads((out / "study.json").read_text())
+    labels = {e["label"] for e in study["entries"]}
+    assert {"zero-shot", "ft", "wise-ft", "tecoa", "grace", "grace-gv"} <= labels
+    for e in study["entries"]:
+        assert 0 <= e["aggregates"]["id"] <= 1 and e["aggregates"]["hm"] is not None
+    assert {c["verdict"] for c in study["claims"]} <= {"holds", "does not hold", "not measured"}
+    assert study["geometry"]["grace"]["lambda_max"] > 0
+    assert (out / "leaderboard" / "leaderboard.md").is_file()
+    figures = [Path(p) for p in study["figures"]]
+    assert {"tradeoff", "wise", "training", "spectrum", "curvature", "cka-methods", "landscape-1d"} <= {
+        p.stem for p in figures}
+    for p in figures:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+    md = (out / "study.md").read_text()
+    assert "## The paper's claims at this scale" in md and "grace-bench compare --quick" in md
+
+    model = work / "runs" / "grace-s0" / "model.safetensors"
+    before = model.stat().st_mtime_ns
+    assert main(argv) == 0  # resume: nothing retrains, every number is read back unchanged
+    assert model.stat().st_mtime_ns == before
+    again = json.loads((out / "study.json").read_text())
+    assert again["entries"] == study["entries"] and again["geometry"] == study["geometry"]
