@@ -17,6 +17,7 @@ from grace_bench.geometry.features import (
     gram_linear,
     layer_features,
     layerwise_cka,
+    layerwise_cka_from_features,
     lid_mle,
     linear_cka,
     minibatch_cka,
@@ -110,6 +111,25 @@ def test_layerwise_cka_self_is_one_on_diagonal(tiny_classifier):
     np.testing.assert_allclose(np.diag(grid), 1.0, rtol=1e-9)
     with pytest.raises(UserError, match="at least 4"):
         layerwise_cka(tiny_classifier, tiny_classifier, [(torch.rand(3, 3, 16, 16), torch.zeros(3))])
+
+
+def test_layerwise_cka_from_collected_features_equals_streamed(tiny_classifier):
+    from grace_bench.models.loading import build_clip_model
+    from grace_bench.models.zero_shot import ZeroShotClassifier
+
+    torch.manual_seed(1)
+    other_clip = build_clip_model("tiny-clip")
+    other = ZeroShotClassifier(other_clip.model, tiny_classifier.head, other_clip.mean, other_clip.std).eval()
+    torch.manual_seed(0)
+    batches = [(torch.rand(n, 3, 16, 16), torch.zeros(n, dtype=torch.long)) for n in (6, 3, 5)]
+    names_x, names_y, want = layerwise_cka(tiny_classifier, other, batches)
+    fx, fy = layer_features(tiny_classifier, batches), layer_features(other, batches)
+    got = layerwise_cka_from_features(fx, fy, [len(y) for _, y in batches])  # the batch of 3 is skipped alike
+    assert got[0] == names_x and got[1] == names_y
+    np.testing.assert_allclose(got[2], want, rtol=1e-12)
+    assert not np.allclose(want, 1.0)
+    with pytest.raises(UserError, match="at least 4"):
+        layerwise_cka_from_features(fx, fy, [3, 3, 3, 3, 2])
 
 
 def test_gram_drift_matches_explicit_grams():

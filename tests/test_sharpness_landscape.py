@@ -98,6 +98,42 @@ def test_average_sharpness_on_quadratic_matches_trace():
     assert res["seed"] == 4 and len(res["samples"][0]) == 200
 
 
+@pytest.mark.parametrize("reduction", ["control", "antithetic"])
+def test_variance_reduced_average_sharpness_estimates_the_same_mean(reduction):
+    net, x, y = _mlp()  # off the minimum: the first-order term g . delta is what makes plain draws noisy
+    params = select_params(net, "all")
+    snap = _snapshot(net)
+    plain = average_sharpness(net, (x, y), params, [0.05], num_samples=60, variance_reduction="none", seed=2)
+    reduced = average_sharpness(net, (x, y), params, [0.05], num_samples=30, variance_reduction=reduction, seed=2)
+    assert reduced["variance_reduction"] == reduction and len(reduced["samples"][0]) == 30
+    assert reduced["num_evaluations"] == (60 if reduction == "antithetic" else 30)
+    assert reduced["num_gradients"] == (1 if reduction == "control" else 0) and plain["num_gradients"] == 0
+    assert reduction in reduced["definition"] or "control variate" in reduced["definition"]
+    assert reduced["sharpness_se"][0] < 0.1 * plain["sharpness_se"][0]
+    gap = abs(reduced["sharpness"][0] - plain["sharpness"][0])
+    assert gap < 4 * np.hypot(reduced["sharpness_se"][0], plain["sharpness_se"][0])
+    _assert_same_weights(net, snap)
+    with pytest.raises(UserError, match="variance reduction"):
+        average_sharpness(net, (x, y), params, [0.05], variance_reduction="magic")
+
+
+def test_worst_case_shares_the_first_step_without_changing_the_result():
+    from grace_bench.geometry.sharpness import _pgd_max
+
+    net, x, y = _mlp()
+    params = select_params(net, "all")
+    ps = [p for _, p in params]
+    rhos = [0.0, 0.01, 0.05]
+    res = worst_case_sharpness(net, (x, y), params, rhos, steps=4)
+    with torch.no_grad():
+        base = float(F.cross_entropy(net(x), y))
+    gen = torch.Generator().manual_seed(0)
+    for rho, got in zip(rhos, res["sharpness"]):
+        alone = _pgd_max(net, [(x, y)], ps, rho, 4, 2.5 * rho / 4, False, False, gen, F.cross_entropy)
+        assert got == pytest.approx(alone - base, rel=1e-10, abs=1e-14)
+    assert res["base_loss"] == pytest.approx(base, rel=1e-12)
+
+
 def test_bad_rho_is_a_user_error():
     net, x, y = _mlp()
     with pytest.raises(UserError, match="rho"):

@@ -132,6 +132,16 @@ def test_cli_hessian(cli, micro_checkpoints, capsys):
     assert data["data"]["n"] == 16 and data["data"]["dataset"] == "micro" and data["config"]["seed"] == 0
     assert list(data["per_layer_curvature"]) == ["model.visual.transformer.resblocks.3"]
     assert arrays["density_grid"].shape == arrays["density_density"].shape == (1000,)
+    top = data["top_eigenvalues"]
+    assert top["criterion"] == "estimate" and top["iterations"] >= 6  # also the (only) SLQ run
+    assert data["density"]["shared_runs"] == 1 and data["density"]["num_hvp"] == 0
+    assert data["trace"]["deflation"]["rank"] == top["iterations"]
+    assert data["num_hvp_total"] == top["num_hvp"] + 4
+    assert cli("hessian", tuned, "--n", "16", "--batch-size", "16", "--top-k", "1", "--trace-samples", "0",
+               "--slq-runs", "0", "--lanczos-criterion", "residual", "--group", "visual.proj", "--force") == 0
+    data, _ = _result(cli.out, "hessian")
+    assert data["top_eigenvalues"]["criterion"] == "residual" and "density" not in data and "trace" not in data
+    assert data["top_eigenvalues"]["relative_residuals"][0] <= 1e-3
     assert cli("hessian", tuned, "--group", "nothing.here", "--force") == 2
     assert "matches no parameter" in capsys.readouterr().err
 
@@ -184,3 +194,18 @@ def test_cli_features(cli, micro_checkpoints):
     assert set(data["centroid_cosine"]["id_to_ood"]) == {"micro-v2"}
     assert data["gram_drift"]["id"] > 0 and "delta_adv" in data["lid"]
     assert data["reference_metrics"]["centroid_cosine"]["id_to_adv"]["num_classes"] >= 1
+    assert data["reference_is_checkpoint"] is False
+    assert data["reference_metrics"]["lid"]["delta_adv"] != data["lid"]["delta_adv"]
+
+
+def test_cli_features_against_itself_reuses_the_checkpoint_side(cli, micro_checkpoints):
+    tuned, _, _, _ = micro_checkpoints
+    assert cli("features", tuned, "--ref", tuned, "--n", "24", "--batch-size", "12", "--ood", "micro-v2",
+               "--pgd-steps", "2", "--k", "5") == 0
+    data, arrays = _result(cli.out, "features")
+    assert data["reference_is_checkpoint"] is True
+    assert data["cka_to_ref"] == pytest.approx(1.0, abs=1e-9)
+    assert data["gram_drift"]["id"] == pytest.approx(0.0, abs=1e-6)
+    assert data["reference_metrics"]["lid"] == data["lid"]
+    assert data["reference_metrics"]["centroid_cosine"] == data["centroid_cosine"]
+    np.testing.assert_array_equal(arrays["ref_embeddings_id"], arrays["embeddings_id"])

@@ -14,6 +14,7 @@ from grace_bench.geometry.features import (
     gram_rbf,
     layer_features,
     layerwise_cka,
+    layerwise_cka_from_features,
     lid_mle,
     linear_cka,
     minibatch_cka,
@@ -28,6 +29,7 @@ from grace_bench.geometry.hessian import (
     hutchinson,
     lanczos_eigenvalues,
     power_iteration,
+    run_lanczos,
     spectral_density,
 )
 from grace_bench.geometry.landscape import filter_normalized_direction, interpolation, landscape
@@ -39,6 +41,7 @@ __all__ = [
     "HessianOperator", "MinibatchCKA", "average_sharpness", "build_operator", "centroid_cosine", "cka", "delta_lid",
     "filter_normalized_direction", "fixed_subset", "gram_drift", "gram_linear", "gram_rbf", "hessian_report",
     "hutch_plus_plus", "hutchinson", "interpolation", "lanczos_eigenvalues", "landscape", "layer_features",
-    "layerwise_cka", "lid_mle", "linear_cka", "loss_and_accuracy", "minibatch_cka", "power_iteration", "rbf_cka",
-    "resblock_hooks", "select_params", "spectral_density", "weight_drift", "worst_case_sharpness",
+    "layerwise_cka", "layerwise_cka_from_features", "lid_mle", "linear_cka", "loss_and_accuracy", "minibatch_cka",
+    "power_iteration", "rbf_cka", "resblock_hooks", "run_lanczos", "select_params", "spectral_density",
+    "weight_drift", "worst_case_sharpness",
 ]

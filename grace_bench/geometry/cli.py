@@ -27,7 +27,7 @@ KINDS = ("hessian", "sharpness", "landscape", "features", "weights")
 _NOT_IN_CONFIG = {"func", "command", "geometry_kind", "out", "no_progress", "force", "fresh", "device", "label"}
 
 
-def _add_common(p: argparse.ArgumentParser, *, data: bool = True, n: int = 128) -> None:
+def _add_common(p: argparse.ArgumentParser, *, data: bool = True, n: int = 128, n_note: str = "") -> None:
     p.add_argument("checkpoint",
                    help="checkpoint spec: micro | ARCH:TAG | ARCH:/path | local-dir:/p | hf-hub:... | runs/NAME")
     p.add_argument("--ref", help="reference checkpoint spec (default: the checkpoint's base model, if it records one)")
@@ -45,7 +45,7 @@ def _add_common(p: argparse.ArgumentParser, *, data: bool = True, n: int = 128) 
         p.add_argument("--dataset", help="ID dataset of the suite (default: the suite's first ID dataset)")
         p.add_argument("--split", choices=("eval", "train"), default="eval",
                        help="data: the ID evaluation set or the suite's training split (default: eval)")
-        p.add_argument("--n", type=int, default=n, help=f"size of the fixed data subset (default {n})")
+        p.add_argument("--n", type=int, default=n, help=f"size of the fixed data subset (default {n}{n_note})")
         p.add_argument("--batch-size", type=int, default=64, help="batch size (the loss is averaged over batches)")
 
 
@@ -57,15 +57,25 @@ def add_geometry_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
     h = sub.add_parser("hessian", help="top eigenvalues (Lanczos), trace (Hutchinson/Hutch++), layer curvature, "
                                        "spectral density (SLQ)")
-    _add_common(h, n=64)
+    _add_common(h, n=32, n_note="; was 64: every HVP costs about two forward+backward passes over all n images")
     h.add_argument("--group", default="vision", help="parameters: vision | lora | all | a name prefix (default vision)")
     h.add_argument("--top-k", type=int, default=5)
     h.add_argument("--lanczos-iter", type=int, default=100, help="maximum Lanczos steps (HVPs)")
-    h.add_argument("--tol", type=float, default=1e-3, help="relative Ritz residual for convergence")
-    h.add_argument("--trace-samples", type=int, default=30, help="Hutchinson samples (0 = skip trace and layers)")
+    h.add_argument("--tol", type=float, default=1e-3,
+                   help="convergence: relative eigenvalue error of each wanted Ritz value, as judged by "
+                        "--lanczos-criterion (default 1e-3)")
+    h.add_argument("--lanczos-criterion", choices=("estimate", "residual"), default="estimate",
+                   help="estimate: min(r, r^2/gap)/|theta| <= tol, the usual Lanczos error estimate (default); "
+                        "residual: r/|theta| <= tol, a guaranteed bound that needs more HVPs")
+    h.add_argument("--trace-samples", type=int, default=10,
+                   help="Hutchinson samples (0 = skip trace and layers; default 10, was 30). The top-k Lanczos "
+                        "run's Krylov part is taken exactly and only the rest is sampled, which cut the std err "
+                        "(reported as trace_se) about 3x per sample on micro")
     h.add_argument("--hutchpp", type=int, default=0, help="Hutch++ matvec budget (0 = skip)")
-    h.add_argument("--slq-runs", type=int, default=2, help="SLQ start vectors (0 = skip the density)")
-    h.add_argument("--slq-iter", type=int, default=32, help="Lanczos steps per SLQ run")
+    h.add_argument("--slq-runs", type=int, default=1,
+                   help="SLQ start vectors (0 = skip the density; default 1, was 2, as PyHessian's n_v=1). The "
+                        "first run is the top-k Lanczos run itself and costs no extra HVPs")
+    h.add_argument("--slq-iter", type=int, default=24, help="Lanczos steps per SLQ run (default 24, was 32)")
     h.add_argument("--granularity", choices=("block", "module", "param"), default="block",
                    help="layer unit of the per-layer curvature (default: transformer block)")
     h.add_argument("--power", action="store_true", help="also run power iteration (for comparison)")
@@ -78,9 +88,14 @@ def add_geometry_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     s.add_argument("--rho", default="0.01,0.02,0.05,0.1", help="comma list or START:STOP:NUM")
     s.add_argument("--kind", choices=("average", "worst", "both"), default="both")
     s.add_argument("--adaptive", action="store_true", help="perturbations relative to |w| (ASAM-style)")
-    s.add_argument("--samples", type=int, default=10, help="random directions per rho (average case)")
+    s.add_argument("--samples", type=int, default=5,
+                   help="random directions per rho (average case; default 5, was 10). Each draw subtracts the "
+                        "first-order term g.delta (mean zero; one gradient for all draws): on micro the std err "
+                        "(reported as sharpness_se) fell ~100-1000x, since that term dominated plain draws")
     s.add_argument("--m", type=int, help="m-sharpness chunk size (default: the whole subset)")
-    s.add_argument("--steps", type=int, default=10, help="PGD steps in weight space (worst case)")
+    s.add_argument("--steps", type=int, default=5,
+                   help="PGD steps in weight space (worst case; default 5, was 10: within 3%% of the 10-step "
+                        "value on micro at rho 0.1, closer at smaller rho)")
 
     la = sub.add_parser("landscape", help="1D/2D loss landscape (filter-normalised directions) or θ0→θ interpolation")
     _add_common(la)
@@ -270,7 +285,8 @@ def _hessian(args, clip, device, config) -> tuple[dict, dict]:
     params = select_params(clf, args.group)
     op = build_operator(clf, batches, params, cache_graph=True if args.cache_graph else None)
     report, arrays = hessian_report(
-        op, top_k=args.top_k, lanczos_iter=args.lanczos_iter, tol=args.tol, trace_samples=args.trace_samples,
+        op, top_k=args.top_k, lanczos_iter=args.lanczos_iter, tol=args.tol, criterion=args.lanczos_criterion,
+        trace_samples=args.trace_samples,
         hutchpp_matvecs=args.hutchpp, slq_runs=args.slq_runs, slq_iter=args.slq_iter, power=args.power,
         granularity=args.granularity, seed=args.seed, progress=not args.no_progress,
     )
@@ -404,14 +420,34 @@ def _adversarial(clf, batches, args, device) -> list:
     return out
 
 
-def _domain_metrics(clf, id_b, ood: dict, adv_b, args, device) -> tuple[dict, dict]:
+def _model_side(clf, id_b, ood: dict, args, device, *, layers: bool, progress: bool) -> dict:
+    """Every forward pass the feature metrics need from one model, each done once.
+
+    ``layers``: collect the pooled resblock features of the ID images too (for layer-wise CKA); their
+    ``embedding`` entry is the ID embedding, so the ID images pass through the model once either way.
+    """
+    from grace_bench.geometry.features import layer_features
+
+    if layers:
+        feats = layer_features(clf, id_b, pool=args.pool, progress=progress)
+        f_id, y_id = feats["embedding"], torch.cat([y.cpu() for _, y in id_b])
+    else:
+        feats = None
+        f_id, y_id = _embed(clf, id_b, device)
+    adv = _adversarial(clf, id_b, args, device)
+    f_adv, y_adv = _embed(clf, adv, device)
+    return {"layers": feats, "id": (f_id, y_id), "adv": (f_adv, y_adv),
+            "ood": {name: _embed(clf, batches, device) for name, (batches, _) in ood.items()}}
+
+
+def _domain_metrics(side: dict, ood: dict, args) -> tuple[dict, dict]:
     from grace_bench.geometry.features import centroid_cosine, delta_lid
 
-    f_id, y_id = _embed(clf, id_b, device)
-    f_adv, y_adv = _embed(clf, adv_b, device)
+    f_id, y_id = side["id"]
+    f_adv, y_adv = side["adv"]
     out: dict[str, Any] = {"centroid_cosine": {"id_to_ood": {}, "id_to_adv": None}, "lid": {"ood": {}}}
-    for name, (batches, subset) in ood.items():
-        f, y = _embed(clf, batches, device)
+    for name, (_, subset) in ood.items():
+        f, y = side["ood"][name]
         if subset is not None:
             y = torch.as_tensor(subset)[y]
         out["centroid_cosine"]["id_to_ood"][name] = centroid_cosine(f_id, y_id, f, y)
@@ -427,9 +463,17 @@ def _domain_metrics(clf, id_b, ood: dict, adv_b, args, device) -> tuple[dict, di
     return out, {"embeddings_id": f_id.numpy(), "labels_id": y_id.numpy(), "embeddings_adv": f_adv.numpy()}
 
 
+def _same_model(clip, ref) -> bool:
+    """True when the reference is the checkpoint itself (same weights and preprocessing): reuse its results."""
+    return (ref.fingerprint() == clip.fingerprint() and ref.arch == clip.arch
+            and tuple(ref.mean) == tuple(clip.mean) and tuple(ref.std) == tuple(clip.std))
+
+
 def _features(args, clip, device, config) -> tuple[dict, dict]:
+    import copy
+
     from grace_bench.data.suites import DataContext
-    from grace_bench.geometry.features import gram_drift, layerwise_cka, linear_cka
+    from grace_bench.geometry.features import gram_drift, layerwise_cka_from_features, linear_cka
     from grace_bench.geometry.losses import fixed_subset
 
     suite, spec, id_batches, data = _suite_data(args, clip)
@@ -439,27 +483,31 @@ def _features(args, clip, device, config) -> tuple[dict, dict]:
     ood_specs = [suite.dataset(n) for n in args.ood] if args.ood else suite.by_role("ood")
     ood = {s.name: (fixed_subset(s.load(ctx), args.n, args.batch_size, seed=args.seed), s.class_subset)
            for s in ood_specs}
-    adv = _adversarial(clf, id_batches, args, device)
-    model_metrics, arrays = _domain_metrics(clf, id_batches, ood, adv, args, device)
+    ref = _ref_clip(args, clip, device, required=False, why="features")
+    side = _model_side(clf, id_batches, ood, args, device, layers=ref is not None, progress=progress)
+    model_metrics, arrays = _domain_metrics(side, ood, args)
     payload: dict[str, Any] = {"data": {**data, "ood": {k: sum(len(y) for _, y in b) for k, (b, _) in ood.items()},
                                         "adversarial": {"attack": "pgd", "eps": args.eps, "steps": args.pgd_steps,
                                                         "step_size": args.pgd_step_size, "random_start": True,
                                                         "against": "each model attacks itself"}},
                                **model_metrics,
                                "definitions": _FEATURE_DEFINITIONS}
-    ref = _ref_clip(args, clip, device, required=False, why="features")
     if ref is not None:
-        ref_clf = _classifier(ref, suite, spec, device, progress)
-        names_x, names_y, grid = layerwise_cka(clf, ref_clf, id_batches, pool=args.pool, progress=progress)
-        f_id = torch.as_tensor(arrays["embeddings_id"])
-        r_id, _ = _embed(ref_clf, id_batches, device)
+        same = _same_model(clip, ref)
+        if same:  # identical weights, data and seeds: every reference number equals the checkpoint's
+            ref_side, ref_metrics = side, copy.deepcopy(model_metrics)
+        else:
+            ref_clf = _classifier(ref, suite, spec, device, progress)
+            ref_side = _model_side(ref_clf, id_batches, ood, args, device, layers=True, progress=progress)
+            ref_metrics, _ = _domain_metrics(ref_side, ood, args)
+        names_x, names_y, grid = layerwise_cka_from_features(side["layers"], ref_side["layers"],
+                                                             [len(y) for _, y in id_batches])
+        f_id, r_id = side["id"][0], ref_side["id"][0]
         drift = {"id": gram_drift(f_id, r_id)}
-        for name, (batches, _) in ood.items():
-            drift[name] = gram_drift(_embed(clf, batches, device)[0], _embed(ref_clf, batches, device)[0])
-        ref_metrics, _ = _domain_metrics(ref_clf, id_batches, ood, _adversarial(ref_clf, id_batches, args, device),
-                                         args, device)
+        for name in ood:
+            drift[name] = gram_drift(side["ood"][name][0], ref_side["ood"][name][0])
         payload.update(
-            ref=_ref_info(ref), layer_names=names_x, ref_layer_names=names_y,
+            ref=_ref_info(ref), reference_is_checkpoint=same, layer_names=names_x, ref_layer_names=names_y,
             cka_to_ref=float(grid[-1, -1]),
             cka={"minibatch_linear": float(grid[-1, -1]), "linear": linear_cka(f_id, r_id),
                  "linear_debiased": linear_cka(f_id, r_id, debiased=True)},

@@ -278,6 +278,28 @@ def layerwise_cka(
     return names_x, names_y, acc.compute()
 
 
+def layerwise_cka_from_features(
+    features: dict[str, torch.Tensor],
+    ref_features: dict[str, torch.Tensor],
+    batch_sizes: Sequence[int],
+) -> tuple[list[str], list[str], np.ndarray]:
+    """``layerwise_cka`` from features already collected (``layer_features``), rows split into ``batch_sizes``.
+
+    With the batch sizes of the batches the features came from, the result equals ``layerwise_cka``'s.
+    """
+    names_x, names_y = list(features), list(ref_features)
+    acc = MinibatchCKA(len(names_x), len(names_y))
+    start = 0
+    for size in batch_sizes:
+        stop = start + int(size)
+        if size >= 4:
+            acc.update([features[n][start:stop] for n in names_x], [ref_features[n][start:stop] for n in names_y])
+        start = stop
+    if acc.num_batches == 0:
+        raise UserError("layerwise CKA needs batches of at least 4 images; raise --batch-size")
+    return names_x, names_y, acc.compute()
+
+
 def gram_drift(features: ArrayLike, ref_features: ArrayLike) -> float:
     """``||K~ - K~0||_F / ||K~0||_F`` for centred linear Grams, computed via D x D cross-products."""
     x = _t64(features)

@@ -5,17 +5,27 @@
 returns a plain dict that records its seed, its HVP count and how it converged.
 
 Definitions
-- top-k eigenvalues: Lanczos with full reorthogonalisation; Ritz pair i has converged when its
-  residual ``r_i = |beta_m * s_{m,i}|`` (= ||H y - theta y||) is at most ``tol * |theta_i|``, which
-  guarantees an eigenvalue within ``tol * |theta_i|`` (PyHessian's test, a small relative change
-  between power iterations, guarantees nothing).
-- trace: Hutchinson, ``mean(v^T H v)`` over Rademacher ``v``, std err = sample std / sqrt(n);
-  Hutch++ (Meyer et al. 2021): exact trace on a sketched range plus Hutchinson on the rest.
-- ``||H||_F / sqrt(d)``: from ``E ||H v||^2 = tr(H^2)`` over the same Rademacher ``v``.
+- top-k eigenvalues: Lanczos with full reorthogonalisation (``lanczos.LanczosRun``). Ritz pair i has
+  converged when its estimated eigenvalue error ``min(r_i, r_i^2 / gap_i)`` is at most ``tol * |theta_i|``
+  (``r_i = |beta_m s_{m,i}| = ||H y - theta y||``, ``gap_i`` the distance to the nearest other Ritz value;
+  ``criterion="residual"`` asks ``r_i <= tol * |theta_i|``, a guaranteed but loose bound). PyHessian
+  stops on a small relative change between power iterations, which guarantees nothing. The start
+  vector defaults to the normalised loss gradient plus an equal-norm Gaussian vector: the gradient is
+  a by-product of building the HVP graph and leans towards the top eigenvectors.
+- trace: Hutchinson, ``mean(v^T H v)`` over Rademacher ``v``, std err = sample std / sqrt(n). With a
+  Lanczos run to deflate (``hessian_report`` passes its top-k run) the Krylov part ``tr(V^T H V) = tr(T)``
+  is exact and only ``P_perp H P_perp`` (``P_perp = I - V V^T``) is sampled, as in Hutch++ (Meyer et al.
+  2021) with a sketch that costs nothing extra; the std err is that of the sampled part given ``V``.
+  Hutch++ proper: exact trace on a sketched range plus Hutchinson on the rest.
+- ``||H||_F / sqrt(d)``: from ``E ||H v||^2 = tr(H^2)`` over the same Rademacher ``v`` (deflated:
+  ``||T||_F^2 + ||w||^2 + E ||H P_perp v||^2``).
 - layer curvature ``kappa_l = tr(H_ll) / d_l``: ``E[v_l . (H v)_l] = tr(H_ll)``, so one HVP per sample
-  gives every diagonal block.
+  gives every diagonal block (deflated: the block's share of the low-rank part plus ``E[v_l . (P_perp H
+  P_perp v)_l]``).
 - spectral density: stochastic Lanczos quadrature (Ghorbani et al. 2019); nodes are Ritz values,
   weights the squared first components of the Ritz vectors, smoothed with a Gaussian of width sigma.
+  In ``hessian_report`` the first run is the top-k Lanczos run itself (Rademacher start), truncated to
+  ``slq_iter`` steps, which is exactly the run SLQ would have made from that vector.
 """
 
 from __future__ import annotations
@@ -33,6 +43,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from grace_bench.errors import UserError
+from grace_bench.geometry.lanczos import (
+    Criterion,
+    LanczosRun,
+    Which,
+    error_estimates,
+    order,
+    orthogonalise,
+)
 from grace_bench.geometry.losses import (
     Batch,
     LossFn,
@@ -44,7 +62,7 @@ from grace_bench.geometry.losses import (
     num_samples,
 )
 
-Which = Literal["LA", "LM", "SA"]
+Start = Literal["gradient", "random", "rademacher"]
 
 
 class HessianOperator:
@@ -78,7 +96,7 @@ class HessianOperator:
         self.num_samples = num_samples(self.batches)
         self.cache_graph = len(self.batches) == 1 if cache_graph is None else bool(cache_graph)
         self.num_hvp = 0
-        self._cached: tuple[list[torch.Tensor], list[int]] | None = None
+        self._cached: tuple[list, list[int]] | None = None  # (gradients with graph, indices that need it)
 
     def slices(self) -> dict[str, slice]:
         """Offsets of each parameter inside a flat vector."""
@@ -96,13 +114,14 @@ class HessianOperator:
                 loss = term if loss is None else loss + term
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-        return [grads[i] for i in live], live
+        return list(grads), live
 
-    def _hvp_from(self, grads: list[torch.Tensor], live: list[int], vs: list[torch.Tensor], retain: bool) -> list:
+    def _hvp_from(self, grads: list, live: list[int], vs: list[torch.Tensor], retain: bool) -> list:
+        """``H v`` from the gradients (all of them; only the ``live`` ones depend on the parameters)."""
         if not live:
             return [None] * len(self.params)
         hv = torch.autograd.grad(
-            grads, [self.params[i] for i in live], grad_outputs=[vs[i] for i in live],
+            [grads[i] for i in live], [self.params[i] for i in live], grad_outputs=[vs[i] for i in live],
             retain_graph=retain, allow_unused=True,
         )
         out: list[torch.Tensor | None] = [None] * len(self.params)
@@ -132,6 +151,24 @@ class HessianOperator:
         self.num_hvp += 1
         return torch.cat([t.reshape(-1) for t in total])
 
+    def gradient(self) -> torch.Tensor:
+        """The flat loss gradient: free once the gradient graph is cached, else one backward per batch."""
+        total = [torch.zeros_like(p) for p in self.params]
+        if self.cache_graph:
+            if self._cached is None:
+                self._cached = self._grads_with_graph(self.batches, 1.0 / self.num_samples)
+            for t, g in zip(total, self._cached[0]):
+                if g is not None:
+                    t += g.detach()
+        else:
+            with eval_mode(self.model), grad_only_for(self.model, self.params), math_sdpa(), torch.enable_grad():
+                for x, y in self.batches:
+                    loss = self.loss_fn(self.model(x), y) * (y.shape[0] / self.num_samples)
+                    for t, g in zip(total, torch.autograd.grad(loss, self.params, allow_unused=True)):
+                        if g is not None:
+                            t += g
+        return torch.cat([t.reshape(-1) for t in total])
+
     def release(self) -> None:
         """Free the cached gradient graph."""
         self._cached = None
@@ -159,52 +196,91 @@ def rademacher(n: int, dim: int, *, generator: torch.Generator, device, dtype) -
     return (r * 2 - 1).to(dtype)
 
 
-def _orthogonalise(w: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
-    """Classical Gram-Schmidt applied twice (numerically as good as modified GS, and one matmul each)."""
-    if basis is None or basis.shape[0] == 0:
-        return w
-    for _ in range(2):
-        w = w - basis.T @ (basis @ w)
-    return w
+def _start_vector(op: HessianOperator, start: Start | torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, str]:
+    if isinstance(start, torch.Tensor):
+        return start.to(device=op.device, dtype=op.dtype).reshape(-1), "given"
+    if start == "rademacher":
+        return rademacher(1, op.dim, generator=gen, device=op.device, dtype=op.dtype)[0], "rademacher"
+    noise = torch.randn(op.dim, generator=gen, device=op.device, dtype=op.dtype)
+    if start == "random":
+        return noise, "gaussian"
+    if start != "gradient":
+        raise UserError(f"unknown Lanczos start '{start}'; use gradient, random or rademacher")
+    g = op.gradient()
+    g_norm = float(g.norm())
+    if not math.isfinite(g_norm) or g_norm == 0.0:
+        return noise, "gaussian (zero gradient)"
+    return g / g_norm + noise / noise.norm(), "gradient+gaussian"
 
 
-class _Basis:
-    """Lanczos vectors as rows of a matrix that grows by doubling (no max_iter x dim preallocation)."""
+def run_lanczos(
+    op: HessianOperator,
+    k: int = 1,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    which: Which = "LA",
+    seed: int = 0,
+    start: Start | torch.Tensor = "gradient",
+    criterion: Criterion = "estimate",
+    min_iter: int = 0,
+    progress: bool = False,
+) -> tuple[dict, LanczosRun]:
+    """Top-``k`` Lanczos as in ``lanczos_eigenvalues``, also returning the run (basis, T) for reuse.
 
-    def __init__(self, dim: int, device, dtype, capacity: int) -> None:
-        self.rows = torch.empty((max(capacity, 1), dim), device=device, dtype=dtype)
-        self.size = 0
-
-    def append(self, v: torch.Tensor) -> None:
-        if self.size == self.rows.shape[0]:
-            self.rows = torch.cat([self.rows, torch.empty_like(self.rows)])
-        self.rows[self.size] = v
-        self.size += 1
-
-    def view(self) -> torch.Tensor:
-        return self.rows[: self.size]
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.rows[i]
-
-
-def _tridiagonal(alphas: Sequence[float], betas: Sequence[float]) -> np.ndarray:
-    m = len(alphas)
-    t = np.diag(np.asarray(alphas, dtype=np.float64))
-    if m > 1:
-        off = np.asarray(betas[: m - 1], dtype=np.float64)
-        t += np.diag(off, 1) + np.diag(off, -1)
-    return t
-
-
-def _order(theta: np.ndarray, which: Which) -> np.ndarray:
-    if which == "LA":
-        return np.argsort(-theta, kind="stable")
-    if which == "SA":
-        return np.argsort(theta, kind="stable")
-    if which == "LM":
-        return np.argsort(-np.abs(theta), kind="stable")
-    raise UserError(f"unknown eigenvalue order '{which}'; use LA (largest), SA (smallest) or LM (largest magnitude)")
+    Runs at least ``min_iter`` steps (e.g. for a shared SLQ run) and at most ``max(max_iter, min_iter)``.
+    """
+    if k < 1:
+        raise UserError(f"--top-k must be at least 1, got {k}")
+    order(np.zeros(1), which)  # unknown orders and criteria fail before any HVP
+    error_estimates(np.zeros(1), np.zeros(1), np.zeros(1, dtype=int), criterion)
+    t0 = time.perf_counter()
+    hvp0 = op.num_hvp
+    gen = _generator(op.device, seed)
+    m_max = min(max(int(max_iter), int(min_iter)), op.dim)
+    if m_max < k:
+        raise UserError(f"--lanczos-iter ({max_iter}) must be at least --top-k ({k}) and the group size ({op.dim})")
+    v0, start_name = _start_vector(op, start, gen)
+    run = LanczosRun(op.matvec, v0, generator=gen, capacity=min(m_max, max(k + 16, int(min_iter))))
+    converged_at = None
+    bar = tqdm(total=m_max, desc="lanczos", disable=not progress, unit="hvp", leave=False)
+    while True:
+        run.step()
+        bar.update(1)
+        theta, s_mat, resid_all = run.ritz()
+        idx = order(theta, which)[:k]
+        resid = resid_all[idx]
+        est = error_estimates(theta, resid, idx, criterion)
+        scale = max(float(np.max(np.abs(theta))), 1e-30)
+        ok = run.m >= k and bool(np.all(est <= tol * np.maximum(np.abs(theta[idx]), 1e-12 * scale)))
+        if ok and converged_at is None:
+            converged_at = run.m
+        if (ok and run.m >= min_iter) or run.m >= m_max or run.exhausted:
+            break
+    bar.close()
+    out = {
+        "method": "lanczos-full-reorth",
+        "which": which,
+        "k": k,
+        "eigenvalues": [float(theta[i]) for i in idx],
+        "residuals": [float(r) for r in resid],
+        "relative_residuals": [float(r / max(abs(theta[i]), 1e-30)) for r, i in zip(resid, idx)],
+        "error_estimates": [float(e / max(abs(theta[i]), 1e-30)) for e, i in zip(est, idx)],
+        "criterion": criterion,
+        "converged": bool(ok),
+        "converged_at": converged_at,
+        "iterations": run.m,
+        "restarts": run.restarts,
+        "num_hvp": op.num_hvp - hvp0,
+        "tol": tol,
+        "max_iter": max_iter,
+        "min_iter": min_iter,
+        "start": start_name,
+        "seed": seed,
+        "ritz_values": [float(t) for t in theta],
+        "wall_time_s": time.perf_counter() - t0,
+    }
+    return out, run
 
 
 def lanczos_eigenvalues(
@@ -215,82 +291,27 @@ def lanczos_eigenvalues(
     tol: float = 1e-3,
     which: Which = "LA",
     seed: int = 0,
+    start: Start | torch.Tensor = "gradient",
+    criterion: Criterion = "estimate",
     return_vectors: bool = False,
     progress: bool = False,
 ) -> dict:
     """Top-``k`` eigenvalues of ``H`` by Lanczos with full reorthogonalisation.
 
-    Stops once the ``k`` wanted Ritz pairs have relative residual ``<= tol`` (then each Ritz value is
-    within ``tol * |theta|`` of an eigenvalue; in practice the error is about ``r^2 / gap``, far smaller),
-    or after ``max_iter`` HVPs. Returns eigenvalues (in the ``which`` order), residuals, HVP count and
-    convergence info; ``eigenvectors`` (k, dim) when ``return_vectors``.
+    Stops once the ``k`` wanted Ritz values have an estimated relative error ``<= tol`` (``criterion``;
+    see the module docstring), or after ``max_iter`` HVPs. ``start``: ``gradient`` (loss gradient plus
+    an equal-norm Gaussian vector), ``random`` (Gaussian), ``rademacher`` or a vector. Returns eigenvalues
+    (in the ``which`` order), residuals, error estimates, HVP count and convergence info;
+    ``eigenvectors`` (k, dim) when ``return_vectors`` (their error scales with ``r / gap``, not ``r^2 / gap``:
+    use ``criterion="residual"`` for accurate vectors). The gradient for the start counts no HVP.
     """
-    if k < 1:
-        raise UserError(f"--top-k must be at least 1, got {k}")
-    t0 = time.perf_counter()
-    hvp0 = op.num_hvp
-    gen = _generator(op.device, seed)
-    m_max = min(int(max_iter), op.dim)
-    if m_max < k:
-        raise UserError(f"--lanczos-iter ({max_iter}) must be at least --top-k ({k}) and the group size ({op.dim})")
-    basis = _Basis(op.dim, op.device, op.dtype, min(m_max, k + 16))
-    alphas: list[float] = []
-    betas: list[float] = []
-    v = torch.randn(op.dim, generator=gen, device=op.device, dtype=op.dtype)
-    v = v / v.norm()
-    converged, restarts = False, 0
-    theta = resid = s_mat = idx = None
-    bar = tqdm(total=m_max, desc="lanczos", disable=not progress, unit="hvp", leave=False)
-    for j in range(m_max):
-        basis.append(v)
-        w = op.matvec(v)
-        alpha = float(torch.dot(w, v))
-        w = w - alpha * v
-        if j > 0 and betas[-1] != 0.0:
-            w = w - betas[-1] * basis[j - 1]
-        w = _orthogonalise(w, basis.view())
-        beta = float(w.norm())
-        alphas.append(alpha)
-        theta, s_mat = np.linalg.eigh(_tridiagonal(alphas, betas))
-        idx = _order(theta, which)[:k]
-        resid = np.abs(beta * s_mat[-1, idx])
-        bar.update(1)
-        scale = max(float(np.max(np.abs(theta))), 1e-30)
-        if j + 1 >= k and np.all(resid <= tol * np.maximum(np.abs(theta[idx]), 1e-12 * scale)):
-            converged = True
-            break
-        if j + 1 == m_max:
-            break
-        if beta <= 1e-10 * scale:  # invariant subspace: restart from a fresh direction orthogonal to the basis
-            restarts += 1
-            w = _orthogonalise(torch.randn(op.dim, generator=gen, device=op.device, dtype=op.dtype), basis.view())
-            betas.append(0.0)
-            v = w / w.norm()
-        else:
-            betas.append(beta)
-            v = w / beta
-    bar.close()
-    m = len(alphas)
-    out = {
-        "method": "lanczos-full-reorth",
-        "which": which,
-        "k": k,
-        "eigenvalues": [float(theta[i]) for i in idx],
-        "residuals": [float(r) for r in resid],
-        "relative_residuals": [float(r / max(abs(theta[i]), 1e-30)) for r, i in zip(resid, idx)],
-        "converged": bool(converged),
-        "iterations": m,
-        "restarts": restarts,
-        "num_hvp": op.num_hvp - hvp0,
-        "tol": tol,
-        "max_iter": max_iter,
-        "seed": seed,
-        "ritz_values": [float(t) for t in theta],
-        "wall_time_s": time.perf_counter() - t0,
-    }
+    out, run = run_lanczos(op, k, max_iter=max_iter, tol=tol, which=which, seed=seed, start=start,
+                           criterion=criterion, progress=progress)
     if return_vectors:
+        theta, s_mat, _ = run.ritz()
+        idx = order(theta, which)[:k]
         coeffs = torch.as_tensor(s_mat[:, idx], device=op.device, dtype=op.dtype)
-        out["eigenvectors"] = (basis.view()[:m].T @ coeffs).T.contiguous()
+        out["eigenvectors"] = (run.vectors().T @ coeffs).T.contiguous()
     return out
 
 
@@ -320,7 +341,7 @@ def power_iteration(
         value, ok, n = None, False, 0
         for step in range(1, max_iter + 1):
             n = step
-            v = _orthogonalise(v, basis)
+            v = orthogonalise(v, basis)
             v = v / v.norm()
             hv = op.matvec(v)
             new = float(torch.dot(hv, v))
@@ -332,7 +353,7 @@ def power_iteration(
         values.append(value)
         iters.append(n)
         flags.append(ok)
-        v = _orthogonalise(v, basis)
+        v = orthogonalise(v, basis)
         found.append(v / v.norm())
     return {
         "method": "power-iteration-deflation",
@@ -371,6 +392,15 @@ def _layer_groups(op: HessianOperator, granularity: str) -> dict[str, list[slice
     return groups
 
 
+def _segment_ids(op: HessianOperator, groups: dict[str, list[slice]]) -> torch.Tensor:
+    """For every coordinate of a flat vector, the index of its layer group (for ``index_add_``)."""
+    seg = torch.empty(op.dim, dtype=torch.long, device=op.device)
+    for gid, sls in enumerate(groups.values()):
+        for sl in sls:
+            seg[sl] = gid
+    return seg
+
+
 def _mean_se(samples: np.ndarray) -> tuple[float, float]:
     n = samples.shape[0]
     mean = float(samples.mean())
@@ -384,11 +414,15 @@ def hutchinson(
     *,
     seed: int = 0,
     granularity: str | None = "block",
+    deflate: LanczosRun | None = None,
     progress: bool = False,
 ) -> dict:
     """Hutchinson trace with std err, ``||H||_F/sqrt(d)`` and per-layer ``kappa_l = tr(H_ll)/d_l``.
 
     All three come from the same ``num_samples`` Rademacher HVPs. ``granularity=None`` skips layers.
+    ``deflate`` (a Lanczos run on ``op``): its Krylov part is taken exactly and only the rest is sampled
+    (see the module docstring); std errs are then those of the sampled part. ``samples`` holds the
+    per-vector trace estimates (low-rank part included), whose mean is ``trace``.
     """
     if num_samples < 2:
         raise UserError(f"--trace-samples must be at least 2 for an error bar, got {num_samples}")
@@ -396,42 +430,67 @@ def hutchinson(
     hvp0 = op.num_hvp
     gen = _generator(op.device, seed)
     groups = _layer_groups(op, granularity) if granularity else {}
+    basis = deflate.vectors() if deflate is not None and deflate.m > 0 else None
+    if basis is not None:
+        if basis.shape[1] != op.dim:
+            raise ValueError("the deflation run belongs to an operator of another size")
+        low_diag = deflate.low_rank_diagonal()
+        low_trace = float(np.trace(deflate.tridiagonal()))
+        low_fro2 = float((deflate.tridiagonal() ** 2).sum()) + deflate.beta**2
+    else:
+        low_diag, low_trace, low_fro2 = None, 0.0, 0.0
     quad = np.empty(num_samples)
     sq = np.empty(num_samples)
     per_layer = {key: np.empty(num_samples) for key in groups}
+    segment = _segment_ids(op, groups) if groups else None
     for i in tqdm(range(num_samples), desc="hutchinson", disable=not progress, leave=False, unit="hvp"):
         v = rademacher(1, op.dim, generator=gen, device=op.device, dtype=op.dtype)[0]
-        hv = op.matvec(v)
-        prod = v * hv
+        u = v if basis is None else v - basis.T @ (basis @ v)
+        hv = op.matvec(u)
+        z = hv if basis is None else hv - basis.T @ (basis @ hv)
+        prod = v * z  # sums to u . H u; per block to the block's share of the sampled part
         quad[i] = float(prod.sum())
         sq[i] = float(torch.dot(hv, hv))
-        for key, sls in groups.items():
-            per_layer[key][i] = float(sum(prod[sl].sum() for sl in sls))
+        if groups:
+            sums = torch.zeros(len(groups), device=op.device, dtype=prod.dtype).index_add_(0, segment, prod)
+            for key, value in zip(groups, sums.tolist()):
+                per_layer[key][i] = value
     trace, trace_se = _mean_se(quad)
+    trace += low_trace
     tr_h2, tr_h2_se = _mean_se(sq)
-    fro = math.sqrt(max(tr_h2, 0.0))
+    fro = math.sqrt(max(tr_h2 + low_fro2, 0.0))
+    fro_se = tr_h2_se / (2 * fro) if fro > 0 else float("nan")
     layers = {}
-    for key, sls in groups.items():
+    low_layer = [0.0] * len(groups)
+    if groups and low_diag is not None:
+        low_layer = torch.zeros(len(groups), device=op.device, dtype=low_diag.dtype).index_add_(
+            0, segment, low_diag).tolist()
+    for (key, sls), low_l in zip(groups.items(), low_layer):
         d_l = int(sum(sl.stop - sl.start for sl in sls))
         tr_l, se_l = _mean_se(per_layer[key])
+        tr_l += low_l
         layers[key] = {"dim": d_l, "trace": tr_l, "trace_se": se_l, "kappa": tr_l / d_l, "kappa_se": se_l / d_l}
-    return {
-        "method": "hutchinson-rademacher",
+    out = {
+        "method": "hutchinson-rademacher" + ("-deflated" if basis is not None else ""),
         "trace": trace,
         "trace_se": trace_se,
         "frobenius_norm": fro,
-        "frobenius_norm_se": tr_h2_se / (2 * fro) if fro > 0 else float("nan"),
+        "frobenius_norm_se": fro_se,
         "frobenius_over_sqrt_dim": fro / math.sqrt(op.dim),
-        "frobenius_over_sqrt_dim_se": (tr_h2_se / (2 * fro) if fro > 0 else float("nan")) / math.sqrt(op.dim),
+        "frobenius_over_sqrt_dim_se": fro_se / math.sqrt(op.dim),
         "dim": op.dim,
         "num_samples": num_samples,
         "num_hvp": op.num_hvp - hvp0,
         "granularity": granularity,
         "layers": layers,
         "seed": seed,
-        "samples": quad.tolist(),
+        "samples": (quad + low_trace).tolist(),
         "wall_time_s": time.perf_counter() - t0,
     }
+    if basis is not None:
+        out["deflation"] = {"rank": int(basis.shape[0]), "low_rank_trace": low_trace,
+                            "source": "Krylov basis of the top-eigenvalue Lanczos run (no extra HVPs)"}
+    return out
 
 
 def hutch_plus_plus(op: HessianOperator, num_matvecs: int = 99, *, seed: int = 0, progress: bool = False) -> dict:
@@ -482,25 +541,11 @@ def hutch_plus_plus(op: HessianOperator, num_matvecs: int = 99, *, seed: int = 0
 
 def _lanczos_quadrature(op: HessianOperator, v0: torch.Tensor, num_iter: int) -> tuple[np.ndarray, np.ndarray]:
     """Ritz values and quadrature weights (squared first eigenvector components) of an ``num_iter``-step run."""
-    m_max = min(num_iter, op.dim)
-    basis = _Basis(op.dim, op.device, op.dtype, m_max)
-    alphas: list[float] = []
-    betas: list[float] = []
-    v = v0 / v0.norm()
-    for j in range(m_max):
-        basis.append(v)
-        w = op.matvec(v)
-        alpha = float(torch.dot(w, v))
-        w = w - alpha * v - (betas[-1] * basis[j - 1] if j > 0 else 0.0)
-        w = _orthogonalise(w, basis.view())
-        beta = float(w.norm())
-        alphas.append(alpha)
-        if j + 1 == m_max or beta <= 1e-10 * max(abs(a) for a in alphas):
-            break  # invariant subspace: the quadrature is exact
-        betas.append(beta)
-        v = w / beta
-    theta, s_mat = np.linalg.eigh(_tridiagonal(alphas, betas))
-    return theta, s_mat[0] ** 2
+    run = LanczosRun(op.matvec, v0, generator=_generator(op.device, 0), capacity=min(num_iter, op.dim),
+                     restart=False)
+    while run.m < min(num_iter, op.dim) and not run.exhausted:
+        run.step()  # an invariant subspace ends the run early: the quadrature is then exact
+    return run.quadrature(num_iter)
 
 
 def spectral_density(
@@ -511,6 +556,7 @@ def spectral_density(
     seed: int = 0,
     grid_points: int = 1000,
     sigma: float | None = None,
+    shared: LanczosRun | None = None,
     progress: bool = False,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Eigenvalue density by stochastic Lanczos quadrature.
@@ -518,13 +564,22 @@ def spectral_density(
     ``num_runs`` Rademacher start vectors, ``num_iter`` Lanczos steps each. The density on a grid
     spanning the Ritz values (padded by 5%) is ``mean_runs sum_j w_j N(t; theta_j, sigma^2)``, with
     ``sigma`` defaulting to 1% of the spectral range. Returns (summary, arrays: grid, density, nodes,
-    weights); ``trace_slq`` = d * mean_runs sum_j w_j theta_j.
+    weights); ``trace_slq`` = d * mean_runs sum_j w_j theta_j. ``shared``: a Lanczos run on ``op`` from a
+    Rademacher (or uniformly random) start that serves as the first run, truncated to ``num_iter`` steps.
     """
+    if num_runs < 1 or num_iter < 1:
+        raise UserError(f"SLQ needs --slq-runs and --slq-iter of at least 1, got {num_runs} and {num_iter}")
     t0 = time.perf_counter()
     hvp0 = op.num_hvp
     gen = _generator(op.device, seed)
     nodes, weights = [], []
-    for _ in tqdm(range(num_runs), desc="SLQ", disable=not progress, leave=False, unit="run"):
+    if shared is not None:
+        if shared.m < min(num_iter, shared.first_block()) and not shared.exhausted:
+            raise ValueError(f"the shared Lanczos run has {shared.m} steps; SLQ needs {num_iter}")
+        theta, w = shared.quadrature(num_iter)
+        nodes.append(theta)
+        weights.append(w)
+    for _ in tqdm(range(num_runs - len(nodes)), desc="SLQ", disable=not progress, leave=False, unit="run"):
         v0 = rademacher(1, op.dim, generator=gen, device=op.device, dtype=op.dtype)[0]
         theta, w = _lanczos_quadrature(op, v0, num_iter)
         nodes.append(theta)
@@ -555,6 +610,7 @@ def spectral_density(
         "lambda_min_ritz": lo,
         "lambda_max_ritz": hi,
         "trace_slq": trace,
+        "shared_runs": 1 if shared is not None else 0,
         "num_hvp": op.num_hvp - hvp0,
         "seed": seed,
         "wall_time_s": time.perf_counter() - t0,
@@ -569,6 +625,7 @@ def hessian_report(
     top_k: int = 5,
     lanczos_iter: int = 100,
     tol: float = 1e-3,
+    criterion: Criterion = "estimate",
     trace_samples: int = 100,
     hutchpp_matvecs: int = 0,
     slq_runs: int = 4,
@@ -579,30 +636,38 @@ def hessian_report(
     progress: bool = True,
     on_step: Callable[[str], None] | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """Run the standard set (Lanczos top-k, Hutchinson + layers, optional Hutch++/power, SLQ); dict + arrays."""
+    """Run the standard set (Lanczos top-k, Hutchinson + layers, optional Hutch++/power, SLQ); dict + arrays.
+
+    One Lanczos run from a Rademacher vector serves three estimators: it gives the top-k eigenvalues,
+    is the first SLQ run (it runs at least ``slq_iter`` steps when ``slq_runs > 0``) and deflates the
+    Hutchinson trace and layer curvatures. Every other SLQ run and Hutchinson sample costs its own HVPs.
+    """
     report: dict = {"dim": op.dim, "num_samples": op.num_samples, "num_batches": len(op.batches),
                     "params": len(op.names), "seed": seed}
     arrays: dict[str, np.ndarray] = {}
     steps = [("lanczos", True), ("power", power), ("hutchinson", trace_samples > 0),
              ("hutch++", hutchpp_matvecs > 0), ("density", slq_runs > 0)]
+    run: LanczosRun | None = None
     for name, enabled in tqdm(steps, desc="hessian", disable=not progress, unit="step"):
         if not enabled:
             continue
         if on_step:
             on_step(name)
         if name == "lanczos":
-            report["top_eigenvalues"] = lanczos_eigenvalues(op, top_k, max_iter=lanczos_iter, tol=tol, seed=seed,
-                                                            progress=progress)
+            report["top_eigenvalues"], run = run_lanczos(
+                op, top_k, max_iter=lanczos_iter, tol=tol, criterion=criterion, seed=seed, start="rademacher",
+                min_iter=slq_iter if slq_runs > 0 else 0, progress=progress)
         elif name == "power":
             report["power_iteration"] = power_iteration(op, top_k, tol=tol, seed=seed, progress=progress)
         elif name == "hutchinson":
-            hut = hutchinson(op, trace_samples, seed=seed + 1, granularity=granularity, progress=progress)
+            hut = hutchinson(op, trace_samples, seed=seed + 1, granularity=granularity, deflate=run,
+                             progress=progress)
             arrays["hutchinson_samples"] = np.asarray(hut.pop("samples"))
             report["trace"] = hut
         elif name == "hutch++":
             report["trace_hutchpp"] = hutch_plus_plus(op, hutchpp_matvecs, seed=seed + 2, progress=progress)
         else:
-            summary, dens = spectral_density(op, num_runs=slq_runs, num_iter=slq_iter, seed=seed + 3,
+            summary, dens = spectral_density(op, num_runs=slq_runs, num_iter=slq_iter, seed=seed + 3, shared=run,
                                              progress=progress)
             report["density"] = summary
             arrays.update({f"density_{k}": v for k, v in dens.items()})
