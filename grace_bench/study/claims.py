@@ -60,25 +60,22 @@ def _verdict(ok: bool | None) -> str:
     return "not measured" if ok is None else ("holds" if ok else "does not hold")
 
 
+def _close_to(stats: Mapping[str, Mapping[str, Any]], ref: str, key: str, claim: str, paper: str) -> Claim:
+    """GRACE's mean ``key`` is at most ``ID_TOLERANCE_PTS`` below ``ref``'s."""
+    g, r = _stat(stats, "grace", key), _stat(stats, ref, key)
+    criterion = f"GRACE ≥ {ref} − {ID_TOLERANCE_PTS:g} pt"
+    if not (g and r):
+        return Claim(claim, paper, criterion, "", _verdict(None))
+    d, se = _diff(g, r)
+    return Claim(claim, paper, criterion, f"GRACE − {ref} = {_pts(d, se)}", _verdict(d >= -ID_TOLERANCE_PTS))
+
+
 def accuracy_claims(stats: Mapping[str, Mapping[str, Any]]) -> list[Claim]:
     """ID, OOD, Adv and HM claims from ``stats[label] = {"mean": {...}, "std": {...}, "n": int}`` (fractions)."""
-    claims = []
-    g_id, ft_id = _stat(stats, "grace", "id"), _stat(stats, "ft", "id")
-    if g_id and ft_id:
-        d, se = _diff(g_id, ft_id)
-        claims.append(Claim("ID accuracy close to FT", "74.21 vs 74.86 (−0.65)",
-                            f"GRACE ≥ FT − {ID_TOLERANCE_PTS:g} pt", f"GRACE − FT = {_pts(d, se)}",
-                            _verdict(d >= -ID_TOLERANCE_PTS)))
-    else:
-        claims.append(Claim("ID accuracy close to FT", "74.21 vs 74.86", "", "", _verdict(None)))
-    g_ood, zs_ood = _stat(stats, "grace", "ood_avg"), _stat(stats, "zero-shot", "ood_avg")
-    if g_ood and zs_ood:
-        d, se = _diff(g_ood, zs_ood)
-        claims.append(Claim("OOD accuracy close to zero-shot", "57.01 vs 57.44 (−0.43)",
-                            f"GRACE ≥ zero-shot − {ID_TOLERANCE_PTS:g} pt", f"GRACE − zero-shot = {_pts(d, se)}",
-                            _verdict(d >= -ID_TOLERANCE_PTS)))
-    else:
-        claims.append(Claim("OOD accuracy close to zero-shot", "57.01 vs 57.44", "", "", _verdict(None)))
+    claims = [
+        _close_to(stats, "ft", "id", "ID accuracy close to FT", "74.21 vs 74.86 (−0.65)"),
+        _close_to(stats, "zero-shot", "ood_avg", "OOD accuracy close to zero-shot", "57.01 vs 57.44 (−0.43)"),
+    ]
     g_adv = _stat(stats, "grace", "adv")
     refs = {name: _stat(stats, name, "adv") for name in ("ft", "wise-ft")}
     if g_adv and all(refs.values()):

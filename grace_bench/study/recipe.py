@@ -32,6 +32,7 @@ class MethodSpec:
     method_args: tuple[tuple[str, Any], ...] = ()
     adversarial: bool = False  # trains on PGD examples (gets the shared threat model)
     all_seeds: bool = True  # False: trained on the first seed only (budget)
+    lr_from: str | None = None  # an ablation keeps the full method's tuned lr: one change at a time
 
     @property
     def trains(self) -> bool:
@@ -54,13 +55,16 @@ CATALOGUE: tuple[MethodSpec, ...] = (
     MethodSpec("tecoa-lora", "tecoa", "lora", "TeCoA with LoRA rank 64 (Table 7)", lora_rank=64, adversarial=True,
                all_seeds=False),
     MethodSpec("grace-lora-ft", "grace", "ablation", "Table 8 row 1: LoRA, task loss only, no PGD",
-               method_args=(("ablation", "lora-ft"),), adversarial=True, all_seeds=False),
+               method_args=(("ablation", "lora-ft"),), adversarial=True, all_seeds=False, lr_from="grace"),
     MethodSpec("grace-gv", "grace", "ablation", "Table 8 row 2: + Gram-volume loss (clean, adversarial)",
-               method_args=(("ablation", "gv"),), adversarial=True, all_seeds=False),
+               method_args=(("ablation", "gv"),), adversarial=True, all_seeds=False,
+               lr_from="grace"),
     MethodSpec("grace-awp-uniform", "grace", "ablation", "Table 8 row 3: + LAR-AWP at a uniform rank",
-               method_args=(("ablation", "awp-uniform"),), adversarial=True, all_seeds=False),
+               method_args=(("ablation", "awp-uniform"),), adversarial=True, all_seeds=False,
+               lr_from="grace"),
     MethodSpec("grace-awp-curriculum", "grace", "ablation", "Table 8 row 4: + LAR-AWP with the curvature curriculum",
-               method_args=(("ablation", "awp-curriculum"),), adversarial=True, all_seeds=False),
+               method_args=(("ablation", "awp-curriculum"),), adversarial=True, all_seeds=False,
+               lr_from="grace"),
 )
 BY_LABEL = {m.label: m for m in CATALOGUE}
 QUICK_METHODS = (ZERO_SHOT, "ft", WISE, "tecoa", "grace", "grace-gv")

@@ -80,6 +80,12 @@ def method_stats(records: list[dict[str, Any]], summaries: list[SummaryRecord]) 
     return stats
 
 
+def single_seed_stats(record: dict[str, Any]) -> dict[str, Any]:
+    """A one-checkpoint row in the shape of ``method_stats`` (no std)."""
+    mean = dict(record["aggregates"]) | {f"top1/{k}": v for k, v in record["per_dataset"].items()}
+    return {"group": "ablation", "n": 1, "seeds": [record["seed"]], "mean": mean, "std": dict.fromkeys(mean)}
+
+
 def geometry_values(run: StudyRun, records: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """Per label (first seed): the geometry columns read from this study's geometry files."""
     if not run.geometry_dir.is_dir():
@@ -198,8 +204,12 @@ def draw_figures(run: StudyRun, stats: dict[str, dict[str, Any]], records: list[
 
 
 def _timing_line(run: StudyRun) -> str:
-    parts = [f"{stage} {sec:.0f} s" for stage, sec in run.timings.items()]
-    return f"{sum(run.timings.values()):.0f} s this invocation ({', '.join(parts)})"
+    from grace_bench.study.runner import total_times
+
+    totals = total_times(run.work)
+    parts = [f"{stage} {sec:.0f} s" for stage, sec in totals.items()]
+    return (f"{sum(totals.values()):.0f} s over all invocations of this study, before this report "
+            f"({', '.join(parts)}); {sum(run.timings.values()):.0f} s in this invocation")
 
 
 def write_report(run: StudyRun) -> dict[str, Any]:
@@ -240,9 +250,13 @@ def write_report(run: StudyRun) -> dict[str, Any]:
     if any(s["group"] == "lora" for s in stats.values()):
         md += ["", "## LoRA variants (Table 7 style)", "", method_table(stats, ("lora",), datasets)]
     if any(s["group"] == "ablation" for s in stats.values()):
-        ablation = {k: v for k, v in stats.items() if v["group"] == "ablation" or k == "grace"}
-        md += ["", "## GRACE ablations (Table 8 rows; `grace` = full)", "",
-               method_table(ablation, ("ablation", "main"), datasets)]
+        first = recipe.seeds[0]
+        ablation = {k: v for k, v in stats.items() if v["group"] == "ablation"}
+        full = [r for r in records if r["label"] == "grace" and r["seed"] == first]
+        if full:  # the ablations ran on the first seed: compare them with full GRACE on that seed
+            ablation[f"grace (full, seed {first})"] = single_seed_stats(full[0])
+        md += ["", f"## GRACE ablations (Table 8 rows, seed {first})", "",
+               method_table(ablation, ("ablation",), datasets)]
     if geo:
         md += ["", f"## Geometry (seed {recipe.seeds[0]})", "", geometry_table(geo)]
     md += ["", "## The paper's claims at this scale", "", claims_markdown(claims), "",

@@ -82,7 +82,23 @@ def run_study(run: StudyRun, stages: tuple[str, ...] = STAGES) -> dict[str, Any]
         else:
             steps[stage](run)
         run.timings[stage] = round(time.perf_counter() - t0, 1)
+        _accumulate_time(run.work, stage, run.timings[stage])
+    if report:  # the report was written before the report stage's own time was known: add the totals
+        report["timings_total_s"] = total_times(run.work)
+        atomic_write_json(run.out / "study.json", report)
     return report
+
+
+def total_times(work: Path) -> dict[str, float]:
+    """Seconds spent in each stage over every invocation of this study (``WORK/timings.json``)."""
+    path = work / "timings.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _accumulate_time(work: Path, stage: str, seconds: float) -> None:
+    totals = total_times(work)
+    totals[stage] = round(totals.get(stage, 0.0) + seconds, 1)
+    atomic_write_json(work / "timings.json", totals)
 
 
 def _pretrain(run: StudyRun) -> None:

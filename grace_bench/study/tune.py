@@ -3,11 +3,13 @@
 For every trainable row of the study, train the first seed at each lr of a grid under the study's
 budget, then score it on the suite's ``val`` split: clean zero-shot top-1 for the clean methods, and
 the harmonic mean of clean and PGD-10 robust top-1 (the study's ε) for the adversarial ones. The
-best lr per method goes to ``tuning.json``; ``micro_lr.json`` in this package is such a file.
+best lr per method goes to ``tuning.json``; the GRACE ablations are not tuned but keep GRACE's lr, so
+each row changes one component only; ``micro_lr.json`` in this package is such a file.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,8 @@ from grace_bench.study.plan import finetune_config
 from grace_bench.study.recipe import MethodSpec, StudyRecipe
 from grace_bench.utils.atomic import atomic_write_json
 
-FULL_FT_GRID = (1e-5, 3e-5, 1e-4, 3e-4)
-LORA_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
+FULL_FT_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+LORA_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 VAL_MAX = 256
 
 
@@ -67,7 +69,7 @@ def tune(recipe: StudyRecipe, work: Path, *, progress: bool = True, device: str 
     from grace_bench.finetune.trainer import train
 
     seed = recipe.seeds[0]
-    specs = [s for s in recipe.specs() if s.trains]
+    specs = [s for s in recipe.specs() if s.trains and s.lr_from is None]  # ablations reuse GRACE's lr
     jobs = [(s, lr) for s in specs for lr in lr_grid(s)]
     trials: dict[str, list[dict[str, Any]]] = {}
     dev = str(resolve_device(device))
@@ -81,13 +83,20 @@ def tune(recipe: StudyRecipe, work: Path, *, progress: bool = True, device: str 
             took = time.perf_counter() - t0
         else:
             took = None
-        scores = validation_scores(out, recipe, device=dev)
+        cached = out / "val_scores.json"
+        if cached.is_file():
+            scores = json.loads(cached.read_text())
+        else:
+            scores = validation_scores(out, recipe, device=dev)
+            atomic_write_json(cached, scores)
         trials.setdefault(spec.label, []).append({"lr": lr, **scores, "train_s": took})
     selected = {}
     for spec in specs:
         key = "val_hm" if spec.adversarial else "val_clean"
         best = max(trials[spec.label], key=lambda t: (t[key], -t["lr"]))
-        selected[spec.label] = {"lr": best["lr"], "criterion": key, "score": best[key]}
+        grid = lr_grid(spec)
+        selected[spec.label] = {"lr": best["lr"], "criterion": key, "score": best[key],
+                                "at_grid_edge": best["lr"] in (grid[0], grid[-1])}
     record = {
         "schema": "grace-bench/tuning/v1", "suite": recipe.suite, "seed": seed,
         "criterion": "clean methods: val clean top-1; adversarial methods: HM(val clean, val PGD-10 robust at "
