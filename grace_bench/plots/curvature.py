@@ -20,7 +20,7 @@ from grace_bench.plots.style import (
     short_layer_names,
 )
 
-CURVATURE_LABEL = "curvature κ_ℓ = tr(H_ℓ)/d_ℓ (nats per unit weight²)"
+CURVATURE_LABEL = "curvature κ_ℓ = tr(H_ℓ)/d_ℓ\n(nats per unit weight²)"
 
 
 def plot_layer_curvature(
@@ -61,7 +61,7 @@ def plot_layer_curvature(
     width = 0.8 / len(labels)
     x = np.arange(len(layers))
     with figure_style():
-        fig, ax = new_figure(size=(max(6.5, 0.45 * len(layers) * max(1, len(labels) / 2) + 3.0), 4.6))
+        fig, ax = new_figure(size=(min(16.0, max(6.5, 0.45 * len(layers) * max(1, len(labels) / 2) + 3.0)), 5.2))
         for i, label in enumerate(labels):
             ok = np.isfinite(values[i])
             ax.bar(x[ok] + (i - (len(labels) - 1) / 2) * width, values[i, ok], width=width,
