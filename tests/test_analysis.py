@@ -20,7 +20,7 @@ from tests.test_by_method import ROLES, eval_summary, fingerprint, random_seeds
 from tests.test_leaderboard import write_geometry, write_landscape_2d
 
 REPO = Path(__file__).resolve().parents[1]
-GRACE_DOC = Path("/work/shared/docs/GRACE.md")
+GRACE_DOC = Path(__file__).resolve().parents[2] / "shared" / "docs" / "GRACE.md"  # beside the checkout
 
 
 def table_rows(markdown: str) -> tuple[list[str], dict[str, dict[str, str]]]:
