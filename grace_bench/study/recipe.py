@@ -138,7 +138,11 @@ def load_tuned_lr(path: Path = TUNED_LR_FILE) -> dict[str, float]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON ({exc.msg}); rerun `grace-bench compare --tune`") from exc
-    return {k: float(v["lr"]) for k, v in data.get("selected", {}).items()}
+    try:
+        return {k: float(v["lr"]) for k, v in data.get("selected", {}).items()}
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path} has no valid 'selected' learning rates ({exc!r}); rerun `grace-bench compare "
+                        "--tune`") from exc
 
 
 def study_recipe(suite: str = "micro", *, quick: bool = False, methods: list[str] | None = None,

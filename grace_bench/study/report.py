@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from grace_bench.errors import UserError
 from grace_bench.leaderboard.collect import SummaryRecord, as_float, load_geometry, load_summaries, lookup
 from grace_bench.study.claims import PAPER_TABLE6, accuracy_claims, claims_markdown, geometry_claims
-from grace_bench.study.plan import Entry
 from grace_bench.study.recipe import WISE, ZERO_SHOT
 from grace_bench.utils.atomic import atomic_write_json, atomic_write_text
 
@@ -114,7 +113,7 @@ def _cell(row: dict[str, Any], key: str) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}" if std is not None else f"{100 * mean:.2f}"
 
 
-def method_table(stats: dict[str, dict[str, Any]], groups: tuple[str, ...], datasets: list[str]) -> str:
+def markdown_table(stats: dict[str, dict[str, Any]], groups: tuple[str, ...], datasets: list[str]) -> str:
     """Markdown: one row per label of ``groups``, accuracies in % as mean ± std over seeds, sorted by HM."""
     head = ["method", "seeds", *[d for d in datasets], *[t for _, t in AGGREGATES]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -245,10 +244,10 @@ def write_report(run: StudyRun) -> dict[str, Any]:
         "",
         "## Main comparison (Table 6 style)",
         "",
-        method_table(stats, ("main",), datasets),
+        markdown_table(stats, ("main",), datasets),
     ]
     if any(s["group"] == "lora" for s in stats.values()):
-        md += ["", "## LoRA variants (Table 7 style)", "", method_table(stats, ("lora",), datasets)]
+        md += ["", "## LoRA variants (Table 7 style)", "", markdown_table(stats, ("lora",), datasets)]
     if any(s["group"] == "ablation" for s in stats.values()):
         first = recipe.seeds[0]
         ablation = {k: v for k, v in stats.items() if v["group"] == "ablation"}
@@ -256,7 +255,7 @@ def write_report(run: StudyRun) -> dict[str, Any]:
         if full:  # the ablations ran on the first seed: compare them with full GRACE on that seed
             ablation[f"grace (full, seed {first})"] = single_seed_stats(full[0])
         md += ["", f"## GRACE ablations (Table 8 rows, seed {first})", "",
-               method_table(ablation, ("ablation",), datasets)]
+               markdown_table(ablation, ("ablation",), datasets)]
     if geo:
         md += ["", f"## Geometry (seed {recipe.seeds[0]})", "", geometry_table(geo)]
     md += ["", "## The paper's claims at this scale", "", claims_markdown(claims), "",
@@ -271,7 +270,7 @@ def write_report(run: StudyRun) -> dict[str, Any]:
 
 def run_command(run: StudyRun) -> str:
     """The command that reproduces this study (as recorded by the CLI)."""
-    return getattr(run, "command", None) or f"grace-bench compare --suite {run.recipe.suite}"
+    return run.command or f"grace-bench compare --suite {run.recipe.suite}"
 
 
 def _protocol_line(records: list[dict[str, Any]]) -> str:
@@ -292,5 +291,3 @@ def _budget_line(recipe: Any) -> str:
             f"adversarial training at ε {recipe.train_eps} with PGD-{recipe.train_pgd_steps} (step "
             f"{recipe.train_pgd_step_size}); lr per method chosen on the val split ({recipe.lr_source}): {lrs}")
 
-
-__all__ = ["Entry", "write_report", "method_stats", "entry_records"]
