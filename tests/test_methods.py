@@ -196,7 +196,7 @@ def micro_study(tmp_path_factory):
     from grace_bench.data.micro import micro_dataset
     from grace_bench.finetune.config import FinetuneConfig
     from grace_bench.finetune.trainer import train
-    from grace_bench.models.micro import micro_weights_path
+    from grace_bench.models.micro import SHIPPED_WEIGHTS
 
     root = tmp_path_factory.mktemp("micro-study")
     test = micro_dataset("micro", "test")
@@ -221,7 +221,7 @@ def micro_study(tmp_path_factory):
                              **{**RECIPE, "max_steps": 3, **kw})
         runs[name] = train(cfg).run_dir
     print("micro study scores:", {k: {m: round(v, 4) for m, v in d.items()} for k, d in scores.items()})
-    return {"scores": scores, "runs": runs, "root": root, "weights": micro_weights_path()}
+    return {"scores": scores, "runs": runs, "root": root, "weights": SHIPPED_WEIGHTS}
 
 
 @pytest.mark.slow

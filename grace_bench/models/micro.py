@@ -210,11 +210,17 @@ def ensure_micro_weights(*, rebuild: bool = False, progress: bool = True) -> Pat
     return path
 
 
+SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "micro-clip.safetensors"
+
+
 def load_micro_clip(*, progress: bool = True) -> ClipModel:
-    """The pretrained micro-CLIP as a ``ClipModel`` (pretrains and caches it on first use)."""
+    """The shipped, pretrained micro-CLIP as a ``ClipModel`` (identical weights on every machine).
+
+    ``progress`` is kept for callers that used to trigger pretraining here; loading shows no bar.
+    """
     from safetensors.torch import load_file
 
-    path = ensure_micro_weights(progress=progress)
+    path = SHIPPED_WEIGHTS
     clip = build_clip_model(MICRO_ARCH, load_file(str(path)), spec="micro")
     clip.info["weights"] = str(path)
     clip.info["format"] = "micro"

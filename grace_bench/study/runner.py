@@ -105,9 +105,9 @@ def _pretrain(run: StudyRun) -> None:
     if run.recipe.base != "micro":
         run.log(f"base model {run.recipe.base}: nothing to pretrain")
         return
-    from grace_bench.models.micro import ensure_micro_weights
+    from grace_bench.models.micro import SHIPPED_WEIGHTS
 
-    run.log(f"micro-CLIP: {ensure_micro_weights(progress=run.progress)}")
+    run.log(f"micro-CLIP: shipped weights {SHIPPED_WEIGHTS}")
 
 
 def _finetune(run: StudyRun) -> None:
