@@ -1,0 +1,71 @@
+"""Safe output paths: slugs for untrusted names, containment inside an output root, writable folders.
+
+Every value that comes from a file or the command line and becomes part of an output path goes
+through :func:`slug`, and every output path is built with :func:`path_inside`, so no crafted input
+can write outside the folder the user named.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from grace_bench.errors import UserError
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def slug(value: object, *, max_len: int = 80, fallback: str = "unnamed") -> str:
+    """A file-name-safe form of ``value``: letters, digits, ``. _ + -`` only; never ``.``/``..`` or empty.
+
+    Path separators, NUL bytes and every other character become ``-``; leading dots are dropped so
+    the result can never name a parent folder or a hidden file.
+    """
+    text = _UNSAFE.sub("-", str(value)).strip("-")
+    text = text.lstrip(".")
+    text = text[:max_len].rstrip("-.")
+    return text or fallback
+
+
+def path_inside(root: str | os.PathLike, *parts: str) -> Path:
+    """``root / parts...``, refused (``UserError``) unless it resolves inside ``root``.
+
+    Parts should already be slugs; this is the second line of defence against ``..``, absolute
+    parts, NUL bytes and symlinks that lead out of ``root``.
+    """
+    root_path = Path(root)
+    for part in parts:
+        if "\x00" in str(part):
+            raise UserError(f"refusing an output name with a NUL byte under {root_path}; rename the input")
+    candidate = root_path.joinpath(*parts)
+    resolved_root = root_path.resolve()
+    resolved = candidate.resolve()
+    if resolved != resolved_root and resolved_root not in resolved.parents:
+        raise UserError(f"output path {candidate} would leave {root_path}; the name comes from an input "
+                        "file or flag, fix that value")
+    return candidate
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Create ``path`` if needed and check that files can be written in it, before any work starts.
+
+    Raises a one-line ``UserError`` naming ``what`` when the path is a file, cannot be created, or
+    is read-only.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a folder; give a folder path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {what} folder {path} ({exc.strerror}); choose a writable location") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=path)
+    except OSError as exc:
+        raise UserError(f"{what} folder {path} is not writable ({exc.strerror}); fix its permissions or choose "
+                        "another folder") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
