@@ -185,6 +185,7 @@ BAD = [
     ({"eps": "4"}, "exceeds 1"),
     ({"norm": "L3"}, "unknown norm"),
     ({"n_adv": 0}, "n-adv"),
+    ({"n_adv": -1, "attack": "none"}, "n-adv"),
     ({"datasets": ["nope"]}, "no dataset 'nope'"),
     ({"adv_datasets": ["nope"]}, "no dataset 'nope'"),
     ({"datasets": ["micro"], "adv_datasets": ["micro-v2"]}, "add it to --datasets"),
@@ -261,10 +262,15 @@ def test_concurrent_evals_compute_each_result_once(tmp_path):
     counter = tmp_path / "computations.txt"
     procs = [ctx.Process(target=_concurrent_worker, args=(str(tmp_path / "out"), str(counter), barrier))
              for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=120)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
     assert [p.exitcode for p in procs] == [0, 0]
     assert len(counter.read_text().split()) == 4  # four datasets, each computed by one process only
     assert len(list((tmp_path / "out" / "results").rglob("*.json"))) == 4

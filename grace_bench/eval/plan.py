@@ -104,7 +104,8 @@ def plan_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> EvalPlan:
     norm = parse_norm(cfg.norm)
     check_eps_for_norm(parse_eps(eps), norm)
     n_adv = cfg.n_adv if cfg.n_adv is not None else defaults["n_adv"]
-    if attack_kind != "none" and (isinstance(n_adv, bool) or not isinstance(n_adv, int) or n_adv < 1):
+    if (cfg.n_adv is not None or attack_kind != "none") and (
+            isinstance(n_adv, bool) or not isinstance(n_adv, int) or n_adv < 1):
         raise UserError(f"n_adv (--n-adv) must be an integer >= 1, got {n_adv!r}")
     if cfg.limit is not None:
         n_adv = min(n_adv, cfg.limit)
