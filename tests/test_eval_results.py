@@ -194,6 +194,8 @@ BAD = [
     ({"precision": "fp16"}, "precision"),
     ({"templates_file": Path("/no/such/templates.txt")}, "templates"),
     ({"suite": "nope"}, "unknown suite"),
+    ({"base": "/no/such/base.safetensors"}, "base.safetensors"),
+    ({"data_root": Path("/no/such/root")}, "--data-root"),
 ]
 
 

@@ -93,6 +93,13 @@ def plan_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> EvalPlan:
     if cfg.precision not in ("fp32", "bf16"):
         raise UserError(f"precision (--precision) must be fp32 or bf16, got {cfg.precision!r}")
     arch = clip.arch if clip is not None else peek_arch(cfg.checkpoint)
+    if cfg.base:
+        from grace_bench.models.specs import parse_spec
+
+        parse_spec(cfg.base)
+    if cfg.data_root is not None and not Path(cfg.data_root).expanduser().is_dir():
+        raise UserError(f"data_root (--data-root) {cfg.data_root} is not a folder; give the folder holding the "
+                        "datasets")
     suite_name = cfg.suite
     if suite_name is None and arch is not None:
         suite_name = "micro" if arch in MICRO_ARCHS else "imagenet"

@@ -91,7 +91,7 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
     barrier(world)
 
     summary_path = store.summary_path(fp)
-    with store.lock(summary_path) if rank == 0 else nullcontext():
+    with store.lock(summary_path, quiet=True) if rank == 0 else nullcontext():
         existing = read_existing(summary_path)
         identity = merged_identity(identity_of(clip, cfg.label), existing)
         summary = build_summary(store, fingerprint=fp, suite=suite, identity=identity,

@@ -48,9 +48,12 @@ class ResultStore:
     def results_dir(self, fingerprint: str) -> Path:
         return self.root / "results" / fingerprint[:12]
 
-    def lock(self, path: Path) -> ResultLock:
-        """An inter-process lock on one result (or summary) path; a second process waits, then reuses it."""
-        return ResultLock(path)
+    def lock(self, path: Path, *, quiet: bool = False) -> ResultLock:
+        """An inter-process lock on one result (or summary) path; a second process waits, then reuses it.
+
+        Unless ``quiet``, a process that has to wait says for whom (pid and host) on stderr.
+        """
+        return ResultLock(path) if not quiet else ResultLock(path, on_wait=None)
 
     def finished(self, fingerprint: str) -> list[tuple[Path, dict[str, Any]]]:
         """Every finished result of the checkpoint ``fingerprint``, sorted by file name."""
