@@ -47,7 +47,7 @@ def _add_eval_parser(sub) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from grace_bench.eval.config import EvalConfig
     from grace_bench.eval.report import print_summary
-    from grace_bench.eval.run import run_eval
+    from grace_bench.eval.run import run_eval, summary_location
 
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be a positive number of images")
@@ -64,6 +64,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     summary = run_eval(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print_summary(summary)
+        summary_path, results_dir = summary_location(cfg, summary)
+        print(f"summary: {summary_path}\nresults: {results_dir}/")
     return 0
 
 

@@ -1,30 +1,41 @@
 """`grace-bench eval`: clean accuracy on every suite dataset, the adversarial axis, aggregates, one summary.
 
-Each (checkpoint fingerprint, dataset, kind, config hash) result is a JSON file; a rerun skips finished
-files, and a killed run resumes from the saved partial state.
+Every argument is checked (and ``--out`` made writable) before any data or model is loaded. Each
+(checkpoint fingerprint, dataset, kind, config hash) result is a JSON file; a rerun skips finished files,
+a killed run resumes from the saved partial state (removed once the result is written), and a second
+process evaluating into the same folder waits for the first and reuses its result (per-result locks).
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from grace_bench.data.suites import DataContext, DatasetSpec, Suite, get_suite
+from grace_bench.data.suites import DataContext, DatasetSpec
 from grace_bench.errors import UserError
 from grace_bench.eval.clean import evaluate_clean
-from grace_bench.eval.config import EvalConfig, suite_defaults
+from grace_bench.eval.config import EvalConfig
 from grace_bench.eval.context import classifier_for
 from grace_bench.eval.distributed import barrier, init_from_env, shard
-from grace_bench.eval.metrics import AGGREGATE_DEFINITIONS, aggregates
-from grace_bench.eval.store import SUMMARY_SCHEMA, ResultStore, package_versions
+from grace_bench.eval.labels import evaluated_as, identity_of, merged_identity
+from grace_bench.eval.plan import (  # noqa: F401 - read_text_list/default_suite_for are part of this module's API
+    adv_indices_for,
+    adversarial_names,
+    default_suite_for,
+    plan_eval,
+    read_text_list,
+    selected_datasets,
+)
+from grace_bench.eval.store import ResultStore, package_versions
+from grace_bench.eval.summary import PROTOCOL_VERSION, build_summary, read_existing
 from grace_bench.models.clip_model import ClipModel
 from grace_bench.utils.atomic import atomic_write_json
 from grace_bench.utils.hashing import config_hash, text_list_hash
-
-PROTOCOL_VERSION = "grace-bench/eval/v1"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -39,111 +50,66 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def read_text_list(path: Path, what: str, need_placeholder: bool = False) -> list[str]:
-    """Non-empty lines of a UTF-8 file (templates or class names)."""
-    try:
-        lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except OSError as exc:
-        raise UserError(f"cannot read {what} file {path}: {exc.strerror}; check the path") from exc
-    if not lines:
-        raise UserError(f"{what} file {path} is empty; put one entry per line")
-    if need_placeholder and any("{}" not in ln for ln in lines):
-        bad = next(ln for ln in lines if "{}" not in ln)
-        raise UserError(f"template '{bad}' in {path} has no '{{}}' placeholder for the class name; add one")
-    return lines
-
-
-def default_suite_for(clip: ClipModel) -> str:
-    return "micro" if clip.arch in ("micro-clip", "tiny-clip") else "imagenet"
-
-
-def _prompt_config(cfg: EvalConfig, suite: Suite) -> tuple[list[str], list[str]]:
-    templates = read_text_list(cfg.templates_file, "templates", True) if cfg.templates_file else list(suite.templates)
-    classnames = read_text_list(cfg.classnames_file, "class names") if cfg.classnames_file else list(suite.classnames)
-    if len(classnames) != len(suite.classnames):
-        raise UserError(
-            f"class-name file has {len(classnames)} names but suite '{suite.name}' has {len(suite.classnames)} classes"
-        )
-    return templates, classnames
-
-
 def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
-    """Run the whole evaluation described by ``cfg`` and return the summary dict (also written to disk)."""
+    """Run the whole evaluation described by ``cfg`` and return the summary dict (also written to disk).
+
+    The summary merges every finished result of the checkpoint in ``cfg.out``; see ``grace_bench.eval.summary``.
+    """
     from grace_bench.models.checkpoints import load_checkpoint
 
     device = resolve_device(cfg.device)
+    plan = plan_eval(cfg, clip)
     rank, world = init_from_env(device)
     if clip is None:
         clip = load_checkpoint(cfg.checkpoint, base=cfg.base, trust_pickle=cfg.trust_pickle)
     clip.model.to(device).eval()
-    suite = get_suite(cfg.suite or default_suite_for(clip))
-    defaults = suite_defaults(suite.name)
-    attack = cfg.attack or defaults["attack"]
-    eps = cfg.eps or defaults["eps"]
-    n_adv = cfg.n_adv if cfg.n_adv is not None else defaults["n_adv"]
-    if cfg.limit is not None:
-        n_adv = min(n_adv, cfg.limit)
-    templates, classnames = _prompt_config(cfg, suite)
+    if plan.suite is None:  # the spec did not tell the architecture: check what depends on the suite now
+        cfg_known = replace(cfg, suite=default_suite_for(clip))
+        plan = plan_eval(cfg_known, clip)
+    suite = plan.suite
+    templates, classnames = plan.templates, plan.classnames
     ctx = DataContext(root=cfg.data_root, preprocess=clip.preprocess, image_size=clip.image_size)
     store = ResultStore(cfg.out)
     fp = clip.fingerprint()
     prompt_key = {"templates": text_list_hash(templates), "classnames": text_list_hash(classnames)}
 
-    specs = _selected_datasets(suite, cfg)
-    per_dataset: dict[str, dict] = {}
-    adversarial: dict[str, dict] = {}
-    adv_names = cfg.adv_datasets or [d.name for d in suite.by_role("id")]
-    for spec in specs:
-        dataset = _load_dataset(spec, ctx)
-        if dataset is None:
-            continue
+    specs = selected_datasets(suite, cfg)
+    adv_names = adversarial_names(suite, cfg) if plan.attack_kind != "none" else []
+    loaded = [(spec, ds) for spec in specs if (ds := _load_dataset(spec, ctx)) is not None]
+    adv_indices = {spec.name: adv_indices_for(suite, spec, ds, plan.n_adv)
+                   for spec, ds in loaded if spec.name in adv_names}
+    current: dict[tuple[str, str], Path] = {}
+    for spec, dataset in loaded:
         clf = classifier_for(clip, suite, spec, templates, classnames, device=device, progress=cfg.progress)
-        per_dataset[spec.name] = _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key,
-                                               device, rank, world)
-        if attack != "none" and spec.name in adv_names:
-            adversarial[spec.name] = _adversarial_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key,
-                                                         attack, eps, n_adv, rank)
-    missing = [n for n in adv_names if n not in {d.name for d in specs}]
-    if missing:
-        raise UserError(f"--adv-datasets names {missing} which are not in suite '{suite.name}'")
+        current["clean", spec.name] = _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key,
+                                                    device, rank, world)
+        if spec.name in adv_names:
+            path = _adversarial_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, plan,
+                                       adv_indices[spec.name], rank)
+            if path is not None:
+                current["adversarial", spec.name] = path
     barrier(world)
 
-    id_names = [d.name for d in suite.by_role("id")]
-    summary = {
-        "schema": SUMMARY_SCHEMA,
-        "checkpoint": {"spec": clip.spec, "fingerprint": fp, "arch": clip.arch, "base": clip.base_spec,
-                       **{k: clip.info[k] for k in ("method", "alpha") if clip.info.get(k) is not None}},
-        "suite": suite.name,
-        "label": cfg.label or clip.spec,
-        "per_dataset": per_dataset,
-        "adversarial": {k: {kk: vv for kk, vv in v.items() if kk != "robust_flags"} for k, v in adversarial.items()},
-        "aggregates": aggregates(per_dataset, adversarial, id_names[0] if id_names else ""),
-        "protocol": {
-            "version": PROTOCOL_VERSION,
-            "templates": len(templates),
-            "templates_hash": prompt_key["templates"],
-            "classnames_hash": prompt_key["classnames"],
-            "attack": attack,
-            "eps": eps,
-            "norm": cfg.norm,
-            "n_adv": n_adv,
-            "precision_clean": cfg.precision,
-            "precision_attack": "fp32",
-            "limit": cfg.limit,
-            "seed": cfg.seed,
-            "definitions": AGGREGATE_DEFINITIONS,
-        },
-        "versions": package_versions(),
-    }
-    if rank == 0:
-        atomic_write_json(store.summary_path(fp), summary)
+    summary_path = store.summary_path(fp)
+    with store.lock(summary_path, quiet=True) if rank == 0 else nullcontext():
+        existing = read_existing(summary_path)
+        identity = merged_identity(identity_of(clip, cfg.label), existing)
+        summary = build_summary(store, fingerprint=fp, suite=suite, identity=identity,
+                                specs_seen=evaluated_as(clip.spec, existing), current=current, prompt_key=prompt_key,
+                                n_templates=len(templates),
+                                requested={"attack": plan.attack, "eps": plan.eps, "norm": plan.norm,
+                                           "n_adv": plan.n_adv, "precision": cfg.precision, "limit": cfg.limit,
+                                           "seed": cfg.seed})
+        if rank == 0:
+            atomic_write_json(summary_path, summary)
     return summary
 
 
-def _selected_datasets(suite: Suite, cfg: EvalConfig) -> list[DatasetSpec]:
-    if not cfg.datasets:
-        return list(suite.datasets)
-    return [suite.dataset(name) for name in cfg.datasets]
+def summary_location(cfg: EvalConfig, summary: dict[str, Any]) -> tuple[Path, Path]:
+    """Where ``run_eval`` wrote ``summary``: the summary file and the checkpoint's results folder."""
+    store = ResultStore(cfg.out)
+    fp = summary["checkpoint"]["fingerprint"]
+    return store.summary_path(fp), store.results_dir(fp)
 
 
 def _load_dataset(spec: DatasetSpec, ctx: DataContext):
@@ -155,16 +121,21 @@ def _load_dataset(spec: DatasetSpec, ctx: DataContext):
         raise
 
 
-def _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, device, rank, world) -> dict:
+def _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, device, rank, world) -> Path:
     n_total = len(dataset)
     n = n_total if cfg.limit is None else min(cfg.limit, n_total)
     config = {"protocol": PROTOCOL_VERSION, "suite": suite.name, "dataset": spec.name, "n": n,
               "precision": cfg.precision, **prompt_key}
     h = config_hash(config)
-    path = store.result_path(clip.fingerprint(), spec.name, "clean", h)
-    done = store.load(path)
-    if done is None:
-        partial = store.state_dir(clip.fingerprint(), spec.name, "clean", h) / f"rank{rank}of{world}.json"
+    fp = clip.fingerprint()
+    path = store.result_path(fp, spec.name, "clean", h)
+    if store.load(path) is not None:
+        return path
+    # one process computes each result; under DDP the ranks share the work instead (no lock: they must all run)
+    with store.lock(path) if world == 1 else nullcontext():
+        if store.load(path) is not None:  # another process finished it while we waited
+            return path
+        partial = store.state_dir(fp, spec.name, "clean", h) / f"rank{rank}of{world}.json"
         start = time.perf_counter()
         metrics = evaluate_clean(
             clf, dataset, shard(list(range(n)), rank, world), batch_size=cfg.batch_size, precision=cfg.precision,
@@ -176,11 +147,12 @@ def _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, devic
             metrics["data_report"] = dataset.report()
         done = {
             "kind": "clean",
-            "checkpoint": {"spec": clip.spec, "fingerprint": clip.fingerprint(), "arch": clip.arch},
+            "checkpoint": {"spec": clip.spec, "fingerprint": fp, "arch": clip.arch},
             "dataset": {"name": spec.name, "role": spec.role, "suite": suite.name, "n": metrics["n"],
                         "classes": clf.num_classes},
             "metrics": {k: v for k, v in metrics.items() if k != "forward_seconds"},
-            "config": {**config, "batch_size": cfg.batch_size, "device": str(device), "world_size": world},
+            "config": {**config, "batch_size": cfg.batch_size, "device": str(device), "world_size": world,
+                       "limit": cfg.limit},
             "config_hash": h,
             "versions": package_versions(),
             "seed": cfg.seed,
@@ -189,43 +161,44 @@ def _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, devic
         }
         if rank == 0:
             store.write(path, done)
-    m = done["metrics"]
-    return {"role": spec.role, "n": m["n"], "top1": m["top1"], **({"top5": m["top5"]} if "top5" in m else {}),
-            "result_file": str(path)}
+            store.clear_state(fp, spec.name, "clean", h)
+    return path
 
 
-def _adversarial_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, attack, eps, n_adv, rank) -> dict:
+def _adversarial_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, plan, indices, rank) -> Path | None:
     from grace_bench.attacks.evaluate import evaluate_adversarial
 
-    indices = suite.adv_indices(dataset, n_adv) if suite.adv_indices is not None else None
-    config = {"protocol": PROTOCOL_VERSION, "suite": suite.name, "dataset": spec.name, "attack": attack,
-              "eps": eps, "norm": cfg.norm, "n": n_adv, "seed": cfg.seed, **prompt_key}
+    config = {"protocol": PROTOCOL_VERSION, "suite": suite.name, "dataset": spec.name, "attack": plan.attack,
+              "eps": plan.eps, "norm": cfg.norm, "n": plan.n_adv, "seed": cfg.seed, **prompt_key}
     h = config_hash(config)
-    path = store.result_path(clip.fingerprint(), spec.name, "adversarial", h)
-    done = store.load(path)
-    if done is None:
-        if rank != 0:  # attacks run on rank 0 only; they are resumable rather than sharded
-            return {}
+    fp = clip.fingerprint()
+    path = store.result_path(fp, spec.name, "adversarial", h)
+    if store.load(path) is not None:
+        return path
+    if rank != 0:  # attacks run on rank 0 only; they are resumable rather than sharded
+        return None
+    with store.lock(path):
+        if store.load(path) is not None:  # another process finished it while we waited
+            return path
         start = time.perf_counter()
         res = evaluate_adversarial(
-            clf, dataset, attack=attack, eps=eps, norm=cfg.norm, n=n_adv, batch_size=cfg.adv_batch_size,
-            state_dir=store.state_dir(clip.fingerprint(), spec.name, "adversarial", h), seed=cfg.seed,
-            indices=indices, progress=cfg.progress,
+            clf, dataset, attack=plan.attack, eps=plan.eps, norm=cfg.norm, n=plan.n_adv,
+            batch_size=cfg.adv_batch_size, state_dir=store.state_dir(fp, spec.name, "adversarial", h),
+            seed=cfg.seed, indices=indices, progress=cfg.progress,
         )
+        wall = time.perf_counter() - start
         done = {
             "kind": "adversarial",
-            "checkpoint": {"spec": clip.spec, "fingerprint": clip.fingerprint(), "arch": clip.arch},
+            "checkpoint": {"spec": clip.spec, "fingerprint": fp, "arch": clip.arch},
             "dataset": {"name": spec.name, "role": spec.role, "suite": suite.name, "n": res["n"]},
             "metrics": res,
             "config": config,
             "config_hash": h,
             "versions": package_versions(),
             "seed": cfg.seed,
-            "wall_time_s": time.perf_counter() - start,
-            "images_per_s": res["n"] / max(time.perf_counter() - start, 1e-9),
+            "wall_time_s": wall,
+            "images_per_s": res["n"] / max(wall, 1e-9),
         }
         store.write(path, done)
-    m = done["metrics"]
-    keep = ("attack", "eps", "eps_value", "norm", "n", "clean_acc", "robust_acc", "cascade", "config", "timings",
-            "warnings")
-    return {**{k: m[k] for k in keep if k in m}, "result_file": str(path)}
+        store.clear_state(fp, spec.name, "adversarial", h)
+    return path

@@ -182,7 +182,7 @@ def run_wise(args: argparse.Namespace) -> int:
         cfg = EvalConfig(checkpoint=str(path), suite=args.suite, out=Path(args.eval_out), attack=args.attack,
                          eps=args.eps, n_adv=args.n_adv, limit=args.limit, device=args.device,
                          data_root=Path(args.data_root) if args.data_root else None, datasets=args.datasets,
-                         label=f"wise-ft alpha={alpha:g}", progress=args.progress)
+                         progress=args.progress)  # labels come from each run (endpoints keep their models' labels)
         summary = run_eval(cfg)
         curve.append({"alpha": alpha, "checkpoint": str(path), "aggregates": summary.get("aggregates", {})})
     atomic_write_json(out / "wise_curve.json", {"zero_shot": args.zero_shot, "fine_tuned": args.fine_tuned,

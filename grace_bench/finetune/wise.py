@@ -106,3 +106,24 @@ def wise_config(zs: Any, ft: Any, zs_spec: str, ft_spec: str, alpha: float) -> d
         "fine_tuned": {"spec": ft_spec, "fingerprint": ft.fingerprint(), "method": ft.info.get("method")},
         "formula": "(1 - alpha) * zero_shot + alpha * fine_tuned over the whole state dict",
     }
+
+
+def wise_label(alpha: float) -> str:
+    """The table label of an interpolated checkpoint, e.g. ``wise-ft alpha=0.3``."""
+    return f"wise-ft alpha={float(alpha):g}"
+
+
+def endpoint_of(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The model an endpoint run (alpha 0 or 1) is a bit-exact copy of: its ``spec`` and ``method``; else None.
+
+    Such a run must not give its own label to that model: alpha = 0 *is* the zero-shot model and alpha = 1
+    the fine-tuned one, so evaluating them keeps those models' own labels.
+    """
+    if config.get("method") != "wise-ft" or config.get("alpha") is None:
+        return None
+    alpha = float(config["alpha"])
+    side = "zero_shot" if alpha == 0.0 else "fine_tuned" if alpha == 1.0 else None
+    source = config.get(side) if side else None
+    if not isinstance(source, dict) or not source.get("spec"):
+        return None
+    return {"spec": str(source["spec"]), "method": source.get("method")}

@@ -1,0 +1,154 @@
+"""Everything `grace-bench eval` checks before it loads a model or a dataset, and the checks that need data.
+
+``plan_eval`` validates every argument of an ``EvalConfig`` (suite, attack spec, eps, norm, ``n_adv``, dataset
+names, prompt files, numeric settings) and makes ``--out`` writable, so a bad value costs seconds, not a clean
+pass. ``adv_indices_for`` checks ``n_adv`` against the loaded dataset before the clean pass starts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from grace_bench.data.suites import DatasetSpec, Suite, get_suite
+from grace_bench.errors import UserError
+from grace_bench.eval.config import EvalConfig, suite_defaults
+from grace_bench.models.clip_model import ClipModel
+from grace_bench.utils.paths import ensure_writable_dir
+
+MICRO_ARCHS = ("micro-clip", "tiny-clip")
+
+
+def read_text_list(path: Path, what: str, need_placeholder: bool = False) -> list[str]:
+    """Non-empty lines of a UTF-8 file (templates or class names)."""
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except OSError as exc:
+        raise UserError(f"cannot read {what} file {path}: {exc.strerror}; check the path") from exc
+    if not lines:
+        raise UserError(f"{what} file {path} is empty; put one entry per line")
+    if need_placeholder and any("{}" not in ln for ln in lines):
+        bad = next(ln for ln in lines if "{}" not in ln)
+        raise UserError(f"template '{bad}' in {path} has no '{{}}' placeholder for the class name; add one")
+    return lines
+
+
+def default_suite_for(clip: ClipModel) -> str:
+    return "micro" if clip.arch in MICRO_ARCHS else "imagenet"
+
+
+def prompt_config(cfg: EvalConfig, suite: Suite) -> tuple[list[str], list[str]]:
+    templates = read_text_list(cfg.templates_file, "templates", True) if cfg.templates_file else list(suite.templates)
+    classnames = read_text_list(cfg.classnames_file, "class names") if cfg.classnames_file else list(suite.classnames)
+    if len(classnames) != len(suite.classnames):
+        raise UserError(
+            f"class-name file has {len(classnames)} names but suite '{suite.name}' has {len(suite.classnames)} classes"
+        )
+    return templates, classnames
+
+
+@dataclass
+class EvalPlan:
+    """The validated arguments of one evaluation (everything checked before any data or model is loaded)."""
+
+    suite: Suite | None
+    attack: str
+    attack_kind: str
+    eps: str
+    norm: str
+    n_adv: int
+    templates: list[str] | None = None
+    classnames: list[str] | None = None
+
+
+def peek_arch(spec: str) -> str | None:
+    """The architecture a checkpoint spec names, read without loading weights (None when it cannot tell)."""
+    from grace_bench.models.checkpoints import arch_from_metadata
+    from grace_bench.models.specs import FileSpec, MicroSpec, PretrainedSpec, RunDirSpec, parse_spec
+
+    parsed = parse_spec(spec)  # a missing file or unknown form fails here, before anything is written
+    if isinstance(parsed, MicroSpec):
+        return "micro-clip"
+    if isinstance(parsed, PretrainedSpec):
+        return parsed.arch
+    if isinstance(parsed, FileSpec):
+        return parsed.arch or arch_from_metadata(parsed.path)
+    if isinstance(parsed, RunDirSpec):
+        try:
+            return json.loads(parsed.config.read_text()).get("arch")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            return None
+    return "local"  # local-dir / hf-hub: an OpenCLIP model, evaluated on imagenet by default
+
+
+def plan_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> EvalPlan:
+    """Check every argument of ``cfg`` and make ``cfg.out`` writable; raise ``UserError`` before any work."""
+    from grace_bench.attacks.threat import check_eps_for_norm, parse_attack_spec, parse_eps, parse_norm
+
+    for name, value, low in (("limit", cfg.limit, 1), ("batch_size", cfg.batch_size, 1),
+                             ("adv_batch_size", cfg.adv_batch_size, 1), ("workers", cfg.workers, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise UserError(f"{name} (--{name.replace('_', '-')}) must be an integer >= {low}, got {value!r}")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise UserError(f"precision (--precision) must be fp32 or bf16, got {cfg.precision!r}")
+    arch = clip.arch if clip is not None else peek_arch(cfg.checkpoint)
+    if cfg.base:
+        from grace_bench.models.specs import parse_spec
+
+        parse_spec(cfg.base)
+    if cfg.data_root is not None and not Path(cfg.data_root).expanduser().is_dir():
+        raise UserError(f"data_root (--data-root) {cfg.data_root} is not a folder; give the folder holding the "
+                        "datasets")
+    suite_name = cfg.suite
+    if suite_name is None and arch is not None:
+        suite_name = "micro" if arch in MICRO_ARCHS else "imagenet"
+    suite = get_suite(suite_name) if suite_name else None
+    defaults = suite_defaults(suite.name if suite else "imagenet")
+    attack = cfg.attack or defaults["attack"]
+    attack_kind = parse_attack_spec(attack).kind
+    eps = cfg.eps or defaults["eps"]
+    norm = parse_norm(cfg.norm)
+    check_eps_for_norm(parse_eps(eps), norm)
+    n_adv = cfg.n_adv if cfg.n_adv is not None else defaults["n_adv"]
+    if (cfg.n_adv is not None or attack_kind != "none") and (
+            isinstance(n_adv, bool) or not isinstance(n_adv, int) or n_adv < 1):
+        raise UserError(f"n_adv (--n-adv) must be an integer >= 1, got {n_adv!r}")
+    if cfg.limit is not None:
+        n_adv = min(n_adv, cfg.limit)
+    plan = EvalPlan(suite, attack, attack_kind, eps, norm, n_adv)
+    if suite is not None:
+        plan.templates, plan.classnames = prompt_config(cfg, suite)
+        selected_datasets(suite, cfg)
+        adversarial_names(suite, cfg)
+    ensure_writable_dir(cfg.out, "--out")
+    return plan
+
+
+def adversarial_names(suite: Suite, cfg: EvalConfig) -> list[str]:
+    """The datasets to attack: ``cfg.adv_datasets`` (each in the suite and selected), else the selected ID ones."""
+    selected = [d.name for d in selected_datasets(suite, cfg)]
+    if not cfg.adv_datasets:
+        return [d.name for d in suite.by_role("id") if d.name in selected]
+    for name in cfg.adv_datasets:
+        suite.dataset(name)
+        if name not in selected:
+            raise UserError(f"adv_datasets (--adv-datasets) names '{name}' but datasets (--datasets) leaves it out; "
+                            "add it to --datasets")
+    return list(dict.fromkeys(cfg.adv_datasets))
+
+
+def adv_indices_for(suite: Suite, spec: DatasetSpec, dataset, n_adv: int) -> list[int] | None:
+    """The attacked subset; ``n_adv`` larger than the dataset fails here, before the clean pass."""
+    indices = suite.adv_indices(dataset, n_adv) if suite.adv_indices is not None else None
+    available = len(indices) if indices is not None else len(dataset)
+    if n_adv > available:
+        raise UserError(f"n_adv (--n-adv) {n_adv} exceeds the {available} examples of '{spec.name}'; "
+                        f"use --n-adv {available} or less")
+    return indices
+
+
+def selected_datasets(suite: Suite, cfg: EvalConfig) -> list[DatasetSpec]:
+    if not cfg.datasets:
+        return list(suite.datasets)
+    return [suite.dataset(name) for name in cfg.datasets]
