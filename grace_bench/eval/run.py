@@ -84,7 +84,8 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
     if cfg.limit is not None:
         n_adv = min(n_adv, cfg.limit)
     templates, classnames = _prompt_config(cfg, suite)
-    ctx = DataContext(root=cfg.data_root, preprocess=clip.preprocess, image_size=clip.image_size)
+    ctx = DataContext(root=cfg.data_root, preprocess=clip.preprocess, image_size=clip.image_size,
+                      allow_empty_classes=cfg.allow_empty_classes)
     store = ResultStore(cfg.out)
     fp = clip.fingerprint()
     prompt_key = {"templates": text_list_hash(templates), "classnames": text_list_hash(classnames)}
@@ -190,8 +191,9 @@ def _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, devic
         if rank == 0:
             store.write(path, done)
     m = done["metrics"]
+    empty = (m.get("data_report") or {}).get("n_empty_folders")
     return {"role": spec.role, "n": m["n"], "top1": m["top1"], **({"top5": m["top5"]} if "top5" in m else {}),
-            "result_file": str(path)}
+            **({"n_empty_classes": empty} if empty else {}), "result_file": str(path)}
 
 
 def _adversarial_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, attack, eps, n_adv, rank) -> dict:
