@@ -210,7 +210,7 @@ class ImageFolderDataset(Dataset):
         reasons = _check_all([c.path for c in candidates], self.verify, f"checking {name}")
         good = [c for c, r in zip(candidates, reasons) if r is None]
         self.unreadable = [BadFile(c.path, r) for c, r in zip(candidates, reasons) if r is not None]
-        self.empty_folders += _emptied_folders(candidates, good, self.empty_folders)
+        self.empty_folders = sorted(self.empty_folders + _emptied_folders(candidates, good, self.empty_folders))
         self.samples = [(c.path, c.label) for c in good]
         self.sample_ids = [c.sample_id for c in good]
         self.targets = [c.label for c in good]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -121,7 +122,7 @@ class GeometryRecord:
                 try:
                     with np.load(npz, allow_pickle=False) as z:
                         self._arrays = {k: np.asarray(z[k]) for k in z.files}
-                except (OSError, ValueError) as exc:
+                except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
                     raise UserError(f"cannot read arrays {npz}: {exc}; re-run the geometry command") from exc
         return self._arrays
 
@@ -154,7 +155,7 @@ def read_json(path: Path) -> dict:
         obj = json.loads(Path(path).read_text())
     except FileNotFoundError as exc:
         raise UserError(f"result file not found: {path}; check the path") from exc
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, and UnicodeDecodeError for binary junk
         raise UserError(f"{path} is not valid JSON ({exc}); re-run the command that wrote it") from exc
     if not isinstance(obj, dict):
         raise UserError(f"{path} holds a JSON {type(obj).__name__}, not an object; pass a grace-bench result file")

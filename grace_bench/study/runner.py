@@ -74,8 +74,8 @@ def run_study(run: StudyRun, stages: tuple[str, ...] = STAGES) -> dict[str, Any]
 
     check_writable_dir(run.out, "--out")  # a file or read-only folder fails before any stage runs
     ensure_writable_dir(run.work, "--work")
-    check_recipe(run.work, run.recipe)
     total_times(run.work)  # a corrupt timings file fails now, not after the first stage's work
+    check_recipe(run.work, run.recipe)
     steps: dict[str, Callable[[StudyRun], None]] = {
         "pretrain": _pretrain, "finetune": _finetune, "wise": _wise, "eval": _evaluate, "geometry": _geometry,
     }
