@@ -380,7 +380,7 @@ def test_error_in_loader_worker_is_one_line(workers, assets, tmp_path):
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
     assert r.returncode == 2, r.stderr[-1000:]
     assert "Traceback" not in r.stderr and "DataLoader worker" not in r.stderr, r.stderr[-1000:]
-    assert len(errors) == 1 and "cut.jpg" in errors[0] and r.stderr.strip().splitlines()[-1] == errors[0]
+    assert r.stderr.strip().splitlines() == errors and len(errors) == 1 and "cut.jpg" in errors[0], r.stderr
     assert snapshot(ws) == before
 
 

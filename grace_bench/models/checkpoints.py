@@ -8,6 +8,7 @@ unless ``trust_pickle=True``. Pretrained tags and ``hf-hub:`` models come from t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
@@ -121,12 +122,16 @@ def instantiate_clip_model(model_name: str, *, spec: str, pretrained: str | None
     import open_clip
 
     register_model_configs()
+    quiet = _DropRecords("No pretrained weights loaded")  # grace-bench loads the weights itself, right after
+    logging.getLogger().addFilter(quiet)
     try:
         model = open_clip.create_model(model_name, pretrained=pretrained, load_weights=pretrained is not None,
                                        force_quick_gelu=force_quick_gelu,
                                        force_preprocess_cfg=dict(preprocess_cfg or {}))
     except Exception as e:  # noqa: BLE001 - OpenCLIP raises RuntimeError/ValueError/FileNotFoundError
         raise UserError(f"could not build OpenCLIP model '{model_name}' ({_short(e)}); check the spec") from e
+    finally:
+        logging.getLogger().removeFilter(quiet)
     model.eval()
     cfg = open_clip.get_model_preprocess_cfg(model)
     size = cfg["size"]
@@ -195,8 +200,8 @@ def _load_file(spec: FileSpec, *, base: str | None, trust_pickle: bool) -> ClipM
     if arch is None:
         raise UserError(f"cannot tell the architecture of {spec.path}; write the spec as ARCH:{spec.text} "
                         "(see `open_clip.list_models()`)")
+    obj = read_checkpoint_file(spec.path, trust_pickle=trust_pickle, arch=arch)  # a bad file fails before the build
     clip = instantiate_clip_model(arch, spec=spec.text)
-    obj = read_checkpoint_file(spec.path, trust_pickle=trust_pickle, arch=arch)
     return _fill(clip, obj, source=str(spec.path), base=base, trust_pickle=trust_pickle)
 
 
@@ -213,9 +218,9 @@ def _load_model_dir(folder: Path, text: str, *, base: str | None, trust_pickle: 
                             "put one open_clip_model.safetensors (or open_clip_pytorch_model.bin) beside "
                             "open_clip_config.json")
         weights = folder / found[0]
+    obj = read_checkpoint_file(weights, trust_pickle=trust_pickle)
     clip = instantiate_clip_model(f"local-dir:{folder}", spec=text, tokenizer_name=tokenizer_name)
     clip.arch = arch or clip.arch
-    obj = read_checkpoint_file(weights, trust_pickle=trust_pickle)
     clip = _fill(clip, obj, source=str(weights), base=base, trust_pickle=trust_pickle)
     clip.info["weights"] = str(weights)
     return clip
@@ -238,8 +243,8 @@ def _load_run_dir(spec: RunDirSpec, *, base: str | None, trust_pickle: bool) -> 
     config = _read_json(spec.config)
     if not config.get("arch"):
         raise UserError(f"{spec.config} has no 'arch'; it is not a grace-bench run config (rerun the fine-tuning)")
-    clip = instantiate_clip_model(config["arch"], spec=spec.text)
     obj = read_checkpoint_file(spec.weights, trust_pickle=False)
+    clip = instantiate_clip_model(config["arch"], spec=spec.text)
     clip = _fill(clip, obj, source=str(spec.weights), base=base or config.get("base"), trust_pickle=trust_pickle)
     clip.base_spec = base or config.get("base")
     clip.info.update(run_dir=str(spec.config.parent), method=config.get("method"))
@@ -393,6 +398,18 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path} ({_short(e)}); fix or recreate the file") from e
+
+
+class _DropRecords(logging.Filter):
+    """Drop log records whose message starts with ``prefix`` (OpenCLIP's misleading "initialized randomly" line
+    for a model whose weights grace-bench is about to load)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
 
 
 def _corrupt(path: Path, why: str) -> UserError:
