@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from grace_bench import __version__
-from grace_bench.errors import UserError
+from grace_bench.errors import UserError, one_line_message
 
 EXIT_USER_ERROR = 2
 
@@ -36,6 +36,9 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=4, help="data-loader workers for image folders")
+    p.add_argument("--allow-empty-classes", action="store_true",
+                   help="evaluate image folders even if some class folders hold no readable image (counted in "
+                        "the result); by default that is an error")
     p.add_argument("--templates", type=Path, help="file with one prompt template per line ('{}' = class name)")
     p.add_argument("--classnames", type=Path, help="file with one class name per line")
     p.add_argument("--seed", type=int, default=0)
@@ -58,6 +61,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         trust_pickle=args.trust_pickle, attack=args.attack, eps=args.eps, norm=args.norm, n_adv=args.n_adv,
         adv_datasets=args.adv_datasets, datasets=args.datasets, out=args.out, limit=args.limit,
         precision=args.precision, batch_size=args.batch_size, device=args.device, workers=args.workers,
+        allow_empty_classes=args.allow_empty_classes,
         templates_file=args.templates, classnames_file=args.classnames, seed=args.seed, label=args.label,
         progress=not args.no_progress,
     )
@@ -152,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line_message(exc)}", file=sys.stderr)  # one line even when raised in a loader worker
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)

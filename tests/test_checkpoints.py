@@ -395,7 +395,7 @@ def test_unrelated_tensors_are_an_unknown_format(tmp_path):
 def test_garbage_file(tmp_path, name, payload):
     path = tmp_path / name
     path.write_bytes(payload)
-    with pytest.raises(UserError, match="not a (readable safetensors file|checkpoint grace-bench can read)"):
+    with pytest.raises(UserError, match="corrupt or unreadable|an empty file"):
         read_checkpoint_file(path)
 
 

@@ -62,7 +62,9 @@ def make_tree(root: Path, folders, with_image=()) -> Path:
 
 @pytest.fixture
 def ctx(tmp_path):
-    return DataContext(root=tmp_path, preprocess=pixel_preprocess(SIZE), image_size=SIZE)
+    """Layout tests build trees with mostly empty class folders, so empty classes are allowed here (the refusal
+    by default is tested in test_bad_inputs.py)."""
+    return DataContext(root=tmp_path, preprocess=pixel_preprocess(SIZE), image_size=SIZE, allow_empty_classes=True)
 
 
 @pytest.fixture(autouse=True)
@@ -226,7 +228,7 @@ def test_folder_overrides_env_and_mapping(tmp_path, ctx, monkeypatch):
     monkeypatch.setenv("GRACE_BENCH_IMAGENET_R_DIR", "elsewhere/rendition")
     assert inet.imagenet_r(ctx).root == tmp_path / "elsewhere/rendition"
     monkeypatch.setenv("GRACE_BENCH_IMAGENET_R_DIR", str(tmp_path / "elsewhere/rendition"))
-    assert len(inet.imagenet_r(DataContext(root=None, image_size=SIZE))) == 1
+    assert len(inet.imagenet_r(DataContext(root=None, image_size=SIZE, allow_empty_classes=True))) == 1
     monkeypatch.delenv("GRACE_BENCH_IMAGENET_R_DIR")
     suite = inet.build_imagenet_suite(folders={"imagenet-r": tmp_path / "elsewhere/rendition"})
     assert len(suite.dataset("imagenet-r").load(ctx)) == 1

@@ -13,6 +13,9 @@ Policy for bad files (skip-and-count at load time, never silent):
 - Either list being non-empty raises one ``UnreadableImagesWarning`` naming the count and a few paths;
   ``dataset.report()`` carries the counts into result files. A dataset with no readable image is a
   ``UserError``.
+- A class folder with no readable image (empty, or holding only unreadable or non-image files) is a
+  ``UserError`` naming the first few and the count, unless ``allow_empty_classes`` (``eval
+  --allow-empty-classes``); then they are counted in ``dataset.report()``.
 - An image that passed the check but fails to decode later (a body truncated after a valid header) raises a
   ``UserError`` naming the file, rather than being replaced or dropped mid-evaluation.
 """
@@ -137,7 +140,7 @@ def collect_class_folders(
     empty: list[str] = []
     for folder, label in sorted(folder_labels.items()):
         names = list_files(root / folder)
-        if not names:
+        if not any(is_image_file(f) for f in names):
             empty.append(folder)
         for f in names:
             path = str(root / folder / f)
@@ -194,6 +197,7 @@ class ImageFolderDataset(Dataset):
         empty_folders: Sequence[str] = (),
         verify: str | None = None,
         fix: str = "check the dataset folder",
+        allow_empty_classes: bool = False,
     ) -> None:
         self.name = name
         self.root = Path(root)
@@ -206,6 +210,7 @@ class ImageFolderDataset(Dataset):
         reasons = _check_all([c.path for c in candidates], self.verify, f"checking {name}")
         good = [c for c, r in zip(candidates, reasons) if r is None]
         self.unreadable = [BadFile(c.path, r) for c, r in zip(candidates, reasons) if r is not None]
+        self.empty_folders = sorted(self.empty_folders + _emptied_folders(candidates, good, self.empty_folders))
         self.samples = [(c.path, c.label) for c in good]
         self.sample_ids = [c.sample_id for c in good]
         self.targets = [c.label for c in good]
@@ -215,6 +220,14 @@ class ImageFolderDataset(Dataset):
             raise UserError(
                 f"{name} at {self.root} has no readable images ({len(self.unreadable)} unreadable, "
                 f"{len(self.skipped)} skipped); {fix}"
+            )
+        if self.empty_folders and not allow_empty_classes:
+            shown = ", ".join(self.empty_folders[:3])
+            more = f" and {len(self.empty_folders) - 3} more" if len(self.empty_folders) > 3 else ""
+            raise UserError(
+                f"{name} at {self.root} has {len(self.empty_folders)} class folder(s) without a readable image "
+                f"({shown}{more}); {fix}, or pass --allow-empty-classes (allow_empty_classes=True) to evaluate the "
+                "remaining classes"
             )
 
     def _bad_files_message(self) -> str:
@@ -248,10 +261,18 @@ class ImageFolderDataset(Dataset):
             "n_unreadable": len(self.unreadable),
             "n_skipped": len(self.skipped),
             "n_empty_folders": len(self.empty_folders),
+            "empty_folders": list(self.empty_folders[:max_paths]),
             "verify": self.verify,
             "unreadable": [b.path for b in self.unreadable[:max_paths]],
             "skipped": [b.path for b in self.skipped[:max_paths]],
         }
+
+
+def _emptied_folders(candidates: Sequence[Candidate], good: Sequence[Candidate], known: Collection[str]) -> list[str]:
+    """Class folders that had image files but none of them readable (folder = first part of the sample id)."""
+    had = dict.fromkeys(c.sample_id.rsplit("/", 1)[0] for c in candidates)
+    kept = {c.sample_id.rsplit("/", 1)[0] for c in good}
+    return [f for f in had if f not in kept and f not in known]
 
 
 def indices_for_ids(dataset: ImageFolderDataset, ids: Sequence[str]) -> list[int]:

@@ -146,6 +146,7 @@ def _wnid_folder_dataset(
     return ImageFolderDataset(
         name=name, root=root, candidates=candidates, classes=classes, transform=_transform(ctx),
         class_subset=class_subset, skipped=skipped, empty_folders=empty, verify=verify, fix=_fix(name),
+        allow_empty_classes=ctx.allow_empty_classes,
     )
 
 
@@ -216,6 +217,7 @@ def imagenet_v2(
     return ImageFolderDataset(
         name=name, root=root, candidates=candidates, classes=meta.imagenet_wnids(), transform=_transform(ctx),
         skipped=skipped, empty_folders=empty, verify=verify, fix=_fix(name),
+        allow_empty_classes=ctx.allow_empty_classes,
     )
 
 

@@ -22,11 +22,16 @@ Role = Literal["id", "ood", "nat-adv"]
 
 @dataclass(frozen=True)
 class DataContext:
-    """What a loader needs: the data root (ImageNet-family suites) and the model's pixel preprocess."""
+    """What a loader needs: the data root (ImageNet-family suites) and the model's pixel preprocess.
+
+    ``allow_empty_classes``: image-folder datasets accept class folders without a readable image (counted in
+    the result) instead of refusing them.
+    """
 
     root: Path | None = None
     preprocess: Callable | None = None
     image_size: int | None = None
+    allow_empty_classes: bool = False
 
 
 @dataclass(frozen=True)

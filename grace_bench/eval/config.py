@@ -31,6 +31,7 @@ class EvalConfig:
     adv_batch_size: int = 250
     device: str = "auto"
     workers: int = 4
+    allow_empty_classes: bool = False  # image folders: accept class folders without a readable image
     templates_file: Path | None = None
     classnames_file: Path | None = None
     seed: int = 0

@@ -68,7 +68,8 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
         plan = plan_eval(cfg_known, clip)
     suite = plan.suite
     templates, classnames = plan.templates, plan.classnames
-    ctx = DataContext(root=cfg.data_root, preprocess=clip.preprocess, image_size=clip.image_size)
+    ctx = DataContext(root=cfg.data_root, preprocess=clip.preprocess, image_size=clip.image_size,
+                      allow_empty_classes=cfg.allow_empty_classes)
     store = ResultStore(cfg.out)
     fp = clip.fingerprint()
     prompt_key = {"templates": text_list_hash(templates), "classnames": text_list_hash(classnames)}

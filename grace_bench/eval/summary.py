@@ -27,8 +27,10 @@ Finished = list[tuple[Path, dict[str, Any]]]
 def clean_view(path: Path, record: Mapping[str, Any]) -> dict[str, Any]:
     """A clean result as the summary's ``per_dataset`` entry."""
     m = record["metrics"]
+    empty = (m.get("data_report") or {}).get("n_empty_folders")
     return {"role": record["dataset"]["role"], "n": m["n"], "top1": m["top1"],
-            **({"top5": m["top5"]} if "top5" in m else {}), "result_file": str(path)}
+            **({"top5": m["top5"]} if "top5" in m else {}), **({"n_empty_classes": empty} if empty else {}),
+            "result_file": str(path)}
 
 
 def adversarial_view(path: Path, record: Mapping[str, Any]) -> dict[str, Any]:

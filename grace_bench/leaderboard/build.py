@@ -26,6 +26,7 @@ from grace_bench.leaderboard.collect import (
     load_summaries,
 )
 from grace_bench.utils.atomic import atomic_write_json, atomic_write_text
+from grace_bench.utils.paths import check_writable_dir, ensure_writable_dir
 
 SCHEMA = "grace-bench/leaderboard/v1"
 MISSING = "—"
@@ -328,7 +329,7 @@ def build_leaderboard(
     """
     from grace_bench.leaderboard.robustbench import write_exports
 
-    out_dir = Path(out_dir)
+    out_dir = check_writable_dir(out_dir)  # a file or read-only --out fails before any input is read
     name = name or out_dir.name
     summaries = _dedupe(load_summaries(results))
     protocol = _check_protocols(summaries, allow_mixed)
@@ -345,6 +346,7 @@ def build_leaderboard(
     columns = dataset_cols + _aggregate_columns(summaries, dataset_cols) + _geometry_columns(rows)
     markdown = _markdown(name, columns, rows, protocol, len(summaries))
     data = _json(name, columns, rows, protocol)
+    ensure_writable_dir(out_dir)
     files = [out_dir / "leaderboard.md", out_dir / "leaderboard.json"]
     atomic_write_text(files[0], markdown)
     atomic_write_json(files[1], data)

@@ -36,11 +36,15 @@ def add_leaderboard_parser(subparsers: argparse._SubParsersAction) -> argparse.A
 def run_leaderboard(args: argparse.Namespace) -> int:
     """Run ``grace-bench leaderboard ACTION``; prints the Markdown table and the files written."""
     from grace_bench.leaderboard.build import build_leaderboard
+    from grace_bench.utils.paths import check_writable_dir
 
     if getattr(args, "leaderboard_action", "build") != "build":
         raise UserError(f"unknown leaderboard action '{args.leaderboard_action}'; use: grace-bench leaderboard build")
+    check_writable_dir(args.out)
     card_meta = None
     if args.card_meta:
+        if not Path(args.card_meta).is_file():
+            raise UserError(f"--card-meta file not found: {args.card_meta}; check the path")
         card_meta = read_json(Path(args.card_meta))
         if not all(isinstance(v, dict) for v in card_meta.values()):
             raise UserError(f"{args.card_meta} must map model labels to objects of RobustBench card fields")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -32,6 +33,11 @@ GEOMETRY_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cka_to_ref": ("features", ("cka_to_ref", "cka.linear", "cka")),
 }
 CONTAINERS = ("", "metrics.", "report.", "result.")
+
+# Fields of result files that, when present, must be JSON objects (checked on load, so a hand-edited or
+# corrupt file is one line naming it, not a traceback deep in a table builder).
+SUMMARY_OBJECT_FIELDS = ("checkpoint", "per_dataset", "adversarial", "aggregates", "protocol")
+GEOMETRY_OBJECT_FIELDS = ("checkpoint", "config", "protocol", "metrics", "report", "result")
 
 _GEOMETRY_NAME = re.compile(r"^geometry-(?P<kind>[a-z0-9_]+)-(?P<fp>[0-9a-fA-F]+)\.json$")
 _SUMMARY_NAME = re.compile(r"^summary-(?P<fp>[0-9a-fA-F]+)\.json$")
@@ -116,7 +122,7 @@ class GeometryRecord:
                 try:
                     with np.load(npz, allow_pickle=False) as z:
                         self._arrays = {k: np.asarray(z[k]) for k in z.files}
-                except (OSError, ValueError) as exc:
+                except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
                     raise UserError(f"cannot read arrays {npz}: {exc}; re-run the geometry command") from exc
         return self._arrays
 
@@ -149,11 +155,19 @@ def read_json(path: Path) -> dict:
         obj = json.loads(Path(path).read_text())
     except FileNotFoundError as exc:
         raise UserError(f"result file not found: {path}; check the path") from exc
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, and UnicodeDecodeError for binary junk
         raise UserError(f"{path} is not valid JSON ({exc}); re-run the command that wrote it") from exc
     if not isinstance(obj, dict):
         raise UserError(f"{path} holds a JSON {type(obj).__name__}, not an object; pass a grace-bench result file")
     return obj
+
+
+def check_field_types(path: Path, data: Mapping, object_fields: Sequence[str], fix: str) -> None:
+    """Raise a one-line UserError if a field of ``object_fields`` is present but not a JSON object."""
+    for name in object_fields:
+        value = data.get(name)
+        if value is not None and not isinstance(value, Mapping):
+            raise UserError(f"{path}: field '{name}' holds a JSON {type(value).__name__}, not an object; {fix}")
 
 
 def find_files(inputs: Sequence[str | Path] | str | Path, pattern: str) -> list[Path]:
@@ -191,6 +205,13 @@ def load_summaries(inputs: Sequence[str | Path] | str | Path, *, required: bool 
                 f"{path} has schema {data.get('schema')!r}, not {SUMMARY_SCHEMA!r}; "
                 "pass summary files written by grace-bench eval"
             )
+        check_field_types(path, data, SUMMARY_OBJECT_FIELDS, "re-run grace-bench eval to rewrite it")
+        check_field_types(path, data.get("protocol") or {}, ("definitions",), "re-run grace-bench eval to rewrite it")
+        for section in ("per_dataset", "adversarial"):
+            bad = [k for k, v in (data.get(section) or {}).items()
+                   if not isinstance(v, Mapping) and not (section == "per_dataset" and as_float(v) is not None)]
+            if bad:
+                raise UserError(f"{path}: '{section}.{bad[0]}' is not an object; re-run grace-bench eval to rewrite it")
         records.append(SummaryRecord(path, data))
     if required and not records:
         raise UserError(f"no summary-*.json found in {_describe(inputs)}; run `grace-bench eval ... --out DIR` first")
@@ -209,6 +230,7 @@ def load_geometry(inputs: Sequence[str | Path] | str | Path, kind: str | None = 
         schema = data.get("schema")
         if schema is not None and not str(schema).startswith("grace-bench/geometry"):
             raise UserError(f"{path} has schema {schema!r}; pass geometry files from grace-bench geometry")
+        check_field_types(path, data, GEOMETRY_OBJECT_FIELDS, "re-run the grace-bench geometry command")
         file_kind = m.group("kind")
         if data.get("kind") not in (None, file_kind):
             raise UserError(f"{path} says kind {data.get('kind')!r} but is named {file_kind!r}; rename or re-run it")
@@ -267,7 +289,11 @@ def format_eps(eps: Any) -> str | None:
         return None
     if isinstance(eps, str):
         return eps.strip()
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.number)):
+        return str(eps)
     value = float(eps)
+    if not np.isfinite(value):
+        return str(value)
     k = value * 255
     if value > 0 and abs(k - round(k)) < 1e-6:
         return f"{int(round(k))}/255"

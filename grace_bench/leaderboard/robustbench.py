@@ -9,7 +9,6 @@ metric was not measured, e.g. acc5 with fewer than 5 classes).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from grace_bench.errors import UserError
 from grace_bench.leaderboard.collect import SummaryRecord, as_float, format_eps
 from grace_bench.utils.atomic import atomic_write_json
+from grace_bench.utils.paths import path_inside, slug
 
 if TYPE_CHECKING:
     from grace_bench.leaderboard.build import Row
@@ -139,26 +139,26 @@ def clip_benchmark_records(summary: SummaryRecord, language: str = "en") -> list
     return records
 
 
-def _slug(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", label).strip("_") or "unnamed"
-
-
 def write_exports(rows: Sequence[Row], out_dir: Path,
                   card_meta: Mapping[str, Mapping[str, Any]] | None = None) -> list[Path]:
-    """Write ``robustbench/<dataset>/<threat>/<model>.json`` and ``clip_benchmark/<model>/<dataset>.json``."""
+    """Write ``robustbench/<dataset>/<threat>/<model>.json`` and ``clip_benchmark/<model>/<dataset>.json``.
+
+    Every name taken from a summary (suite, norm, label, dataset) is slugged and every path checked to stay
+    inside ``out_dir``: a crafted summary cannot write elsewhere.
+    """
     card_meta = card_meta or {}
     written = []
     for row in rows:
         meta = {**card_meta.get("*", {}), **card_meta.get(row.label, {})}
         card = robustbench_card(row.summary, name=row.label, meta=meta)
         if card is not None:
-            path = out_dir / "robustbench" / _slug(card["dataset"] or "unknown") / threat_model_dir(row.summary)
-            path = path / f"{_slug(row.label)}.json"
+            path = path_inside(out_dir, "robustbench", slug(card["dataset"] or "unknown"),
+                               slug(threat_model_dir(row.summary)), f"{slug(row.label)}.json")
             atomic_write_json(path, {k: card[k] for k in MODEL_INFO_FIELDS})
             written.append(path)
         language = str(row.summary.protocol.get("language") or "en")
         for rec in clip_benchmark_records(row.summary, language=language):
-            path = out_dir / "clip_benchmark" / _slug(row.label) / f"{_slug(rec['dataset'])}.json"
+            path = path_inside(out_dir, "clip_benchmark", slug(row.label), f"{slug(rec['dataset'])}.json")
             atomic_write_json(path, rec)
             written.append(path)
     _remove_stale(out_dir, written)
@@ -171,10 +171,11 @@ def _remove_stale(out_dir: Path, written: Sequence[Path]) -> None:
     keep = {p.resolve() for p in written}
     for sub in ("robustbench", "clip_benchmark"):
         root = out_dir / sub
-        if not root.is_dir():
+        if root.is_symlink() or not root.is_dir():
             continue
+        path_inside(out_dir, sub)  # never walk a folder that resolves outside out_dir
         for path in sorted(root.rglob("*.json")):
-            if path.resolve() not in keep:
+            if path.resolve() not in keep and not path.is_symlink():
                 path.unlink()
         for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
             if not any(d.iterdir()):

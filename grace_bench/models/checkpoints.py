@@ -8,6 +8,7 @@ unless ``trust_pickle=True``. Pretrained tags and ``hf-hub:`` models come from t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
@@ -76,29 +77,32 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False,
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint file not found: {path}; check the path")
-    if _is_safetensors(path):
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is an empty file, not a checkpoint; re-save or re-download it")
+    if _looks_like_safetensors(path):
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device="cpu")
         except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
-            raise UserError(f"{path} is not a readable safetensors file ({_short(e)}); re-save or re-download it"
-                            ) from e
+            raise _corrupt(path, f"a truncated or corrupt safetensors file: {_short(e)}") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" not in str(e).lower():
-            raise _unreadable(path, e) from e
+        found = _pickled_global(e)
+        if found is None:  # the safe unpickler met garbage, not a Python class: the file is damaged
+            raise _corrupt(path, f"not a valid pickle stream: {_short(_weights_only_reason(e))}") from e
         if not trust_pickle:
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-            what = f" ({found.group(1)})" if found else ""
+            what = f" ({found})" if found else ""
             raise UserError(
                 f"{path} holds a pickled Python object{what}, which grace-bench will not unpickle by default; "
                 f"rewrite it once with `grace-bench convert {path} OUT.safetensors --arch {arch or 'ARCH'} "
                 "--trust-pickle` "
                 "(only if you trust its source) or pass --trust-pickle") from e
     except Exception as e:  # noqa: BLE001 - torch raises many types for a corrupt file
-        raise _unreadable(path, e) from e
+        first = str(e).split(". ")[0]
+        raise _corrupt(path, f"{type(e).__name__}: {_short(first, 120)}" if first else f"{type(e).__name__}, truncated?"
+                       ) from e
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (ModuleNotFoundError, AttributeError) as e:
@@ -118,12 +122,16 @@ def instantiate_clip_model(model_name: str, *, spec: str, pretrained: str | None
     import open_clip
 
     register_model_configs()
+    quiet = _DropRecords("No pretrained weights loaded")  # grace-bench loads the weights itself, right after
+    logging.getLogger().addFilter(quiet)
     try:
         model = open_clip.create_model(model_name, pretrained=pretrained, load_weights=pretrained is not None,
                                        force_quick_gelu=force_quick_gelu,
                                        force_preprocess_cfg=dict(preprocess_cfg or {}))
     except Exception as e:  # noqa: BLE001 - OpenCLIP raises RuntimeError/ValueError/FileNotFoundError
         raise UserError(f"could not build OpenCLIP model '{model_name}' ({_short(e)}); check the spec") from e
+    finally:
+        logging.getLogger().removeFilter(quiet)
     model.eval()
     cfg = open_clip.get_model_preprocess_cfg(model)
     size = cfg["size"]
@@ -192,8 +200,8 @@ def _load_file(spec: FileSpec, *, base: str | None, trust_pickle: bool) -> ClipM
     if arch is None:
         raise UserError(f"cannot tell the architecture of {spec.path}; write the spec as ARCH:{spec.text} "
                         "(see `open_clip.list_models()`)")
+    obj = read_checkpoint_file(spec.path, trust_pickle=trust_pickle, arch=arch)  # a bad file fails before the build
     clip = instantiate_clip_model(arch, spec=spec.text)
-    obj = read_checkpoint_file(spec.path, trust_pickle=trust_pickle, arch=arch)
     return _fill(clip, obj, source=str(spec.path), base=base, trust_pickle=trust_pickle)
 
 
@@ -210,9 +218,9 @@ def _load_model_dir(folder: Path, text: str, *, base: str | None, trust_pickle: 
                             "put one open_clip_model.safetensors (or open_clip_pytorch_model.bin) beside "
                             "open_clip_config.json")
         weights = folder / found[0]
+    obj = read_checkpoint_file(weights, trust_pickle=trust_pickle)
     clip = instantiate_clip_model(f"local-dir:{folder}", spec=text, tokenizer_name=tokenizer_name)
     clip.arch = arch or clip.arch
-    obj = read_checkpoint_file(weights, trust_pickle=trust_pickle)
     clip = _fill(clip, obj, source=str(weights), base=base, trust_pickle=trust_pickle)
     clip.info["weights"] = str(weights)
     return clip
@@ -235,8 +243,8 @@ def _load_run_dir(spec: RunDirSpec, *, base: str | None, trust_pickle: bool) -> 
     config = _read_json(spec.config)
     if not config.get("arch"):
         raise UserError(f"{spec.config} has no 'arch'; it is not a grace-bench run config (rerun the fine-tuning)")
-    clip = instantiate_clip_model(config["arch"], spec=spec.text)
     obj = read_checkpoint_file(spec.weights, trust_pickle=False)
+    clip = instantiate_clip_model(config["arch"], spec=spec.text)
     clip = _fill(clip, obj, source=str(spec.weights), base=base or config.get("base"), trust_pickle=trust_pickle)
     clip.base_spec = base or config.get("base")
     clip.info.update(run_dir=str(spec.config.parent), method=config.get("method"))
@@ -351,11 +359,62 @@ def _is_safetensors(path: Path) -> bool:
     return 0 < int.from_bytes(head[:8], "little") < path.stat().st_size
 
 
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors header start (8-byte length, then ``{``) with a plausible length, even if the file was cut
+    short: such a file is read (and reported) as safetensors, never handed to the unpickler."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
+
+
+# What the weights-only unpickler says when a pickle stream is well formed but names Python classes or calls
+# functions it will not run; any other complaint ("Unsupported operand", "String is too long", bad persistent
+# ids) means the bytes are not a sound pickle.
+_PICKLED_CLASS = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
+_PICKLED_OBJECT_MARKERS = ("Can only create new object", "Can only build", "Trying to call reduce",
+                           "must be imported to load")
+
+
+def _weights_only_reason(e: BaseException) -> str:
+    text = str(e)
+    marker = "WeightsUnpickler error:"
+    return text.split(marker, 1)[1].strip().split("\n")[0] if marker in text else text
+
+
+def _pickled_global(e: pickle.UnpicklingError) -> str | None:
+    """The class a genuine pickle names (``""`` when it names none but is still a genuine pickle), or None when
+    the weights-only load failed because the bytes are not a valid pickle."""
+    text = str(e)
+    if "weights only load failed" not in text.lower():
+        return None
+    found = _PICKLED_CLASS.search(text)
+    if found:
+        return found.group(1)
+    return "" if any(m in text for m in _PICKLED_OBJECT_MARKERS) else None
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path} ({_short(e)}); fix or recreate the file") from e
+
+
+class _DropRecords(logging.Filter):
+    """Drop log records whose message starts with ``prefix`` (OpenCLIP's misleading "initialized randomly" line
+    for a model whose weights grace-bench is about to load)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def _corrupt(path: Path, why: str) -> UserError:
+    return UserError(f"{path} is corrupt or unreadable ({why}); re-save or re-download it (--trust-pickle would "
+                     "not help)")
 
 
 def _unreadable(path: Path, e: Exception) -> UserError:

@@ -44,6 +44,7 @@ def run_compare(args: argparse.Namespace) -> int:
     """Run ``grace-bench compare``; prints the main table, the claims and where everything went."""
     from grace_bench.study.recipe import study_recipe
     from grace_bench.study.runner import STAGES, StudyRun, run_study
+    from grace_bench.utils.paths import check_writable_dir
 
     stages = tuple(args.stages or STAGES)
     bad = [s for s in stages if s not in STAGES]
@@ -54,6 +55,8 @@ def run_compare(args: argparse.Namespace) -> int:
     suffix = "-quick" if args.quick else ""
     work = args.work or Path("studies") / f"{args.suite}{suffix}"
     out = args.out or Path("leaderboards") / f"{args.suite}{suffix}"
+    check_writable_dir(work, "--work")
+    check_writable_dir(out, "--out")
     recipe = study_recipe(args.suite, quick=args.quick, methods=args.methods, seeds=args.seeds, steps=args.steps,
                           base=args.base, data_root=args.data_root, lr_file=args.lr_file)
     progress = not args.no_progress

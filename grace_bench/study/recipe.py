@@ -130,14 +130,25 @@ class StudyRecipe:
         return d
 
 
+def read_study_json(path: Path, fix: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a one-line UserError naming the file and ``fix`` when it is unreadable,
+    not JSON, or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path} ({exc}); {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); {fix}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} holds a JSON {type(data).__name__}, not an object; {fix}")
+    return data
+
+
 def load_tuned_lr(path: Path = TUNED_LR_FILE) -> dict[str, float]:
     """The per-method learning rates chosen on the validation split (``compare --tune`` writes them)."""
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc.msg}); rerun `grace-bench compare --tune`") from exc
+    data = read_study_json(path, "rerun `grace-bench compare --tune`")
     try:
         return {k: float(v["lr"]) for k, v in data.get("selected", {}).items()}
     except (AttributeError, KeyError, TypeError, ValueError) as exc:

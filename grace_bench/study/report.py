@@ -53,7 +53,8 @@ def entry_records(run: StudyRun) -> tuple[list[dict[str, Any]], list[SummaryReco
             "label": e.label, "group": e.spec.group, "seed": e.seed, "alpha": e.alpha, "checkpoint": e.checkpoint,
             "fingerprint": s.fp12, "summary": str(s.path),
             "aggregates": {k: as_float(s.aggregates.get(k)) for k, _ in AGGREGATES},
-            "per_dataset": {name: as_float((d or {}).get("top1")) for name, d in s.per_dataset.items()},
+            "per_dataset": {name: as_float(d.get("top1") if isinstance(d, dict) else d)
+                            for name, d in s.per_dataset.items()},
             "protocol": {k: s.protocol.get(k) for k in ("attack", "eps", "norm", "n_adv", "templates", "limit")},
         })
     return records, summaries
@@ -222,7 +223,8 @@ def write_report(run: StudyRun) -> dict[str, Any]:
     board = build_leaderboard([run.results_dir, *([run.geometry_dir] if run.geometry_dir.is_dir() else [])],
                               run.out / "leaderboard", f"{run.recipe.suite} study")
     figures = draw_figures(run, stats, records)
-    roles = {name: (d or {}).get("role") for name, d in (summaries[0].per_dataset if summaries else {}).items()}
+    first_datasets = summaries[0].per_dataset if summaries else {}
+    roles = {name: d.get("role") if isinstance(d, dict) else None for name, d in first_datasets.items()}
     datasets = sorted((n for n, r in roles.items() if r != "id"), key=lambda n: (roles[n] != "ood", n))
     recipe = run.recipe
     record = {

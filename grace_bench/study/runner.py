@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 
 from grace_bench.errors import UserError
 from grace_bench.study.plan import Entry, entries, finetune_config, wise_alphas, wise_dir
-from grace_bench.study.recipe import WISE, ZERO_SHOT, StudyRecipe
+from grace_bench.study.recipe import WISE, ZERO_SHOT, StudyRecipe, read_study_json
 from grace_bench.utils.atomic import atomic_write_json
+from grace_bench.utils.paths import check_writable_dir, ensure_writable_dir
 
 STAGES = ("pretrain", "finetune", "wise", "eval", "geometry", "report")
 
@@ -55,7 +56,10 @@ def check_recipe(work: Path, recipe: StudyRecipe) -> None:
     path = work / "recipe.json"
     current = recipe.identity()
     if path.is_file():
-        saved = json.loads(path.read_text()).get("identity", {})
+        fix = f"delete {path} (the study's settings record) or use another --work folder"
+        saved = read_study_json(path, fix).get("identity")
+        if not isinstance(saved, dict):
+            raise UserError(f"{path} has no 'identity' object; {fix}")
         diff = sorted(k for k in set(saved) | set(current)
                       if json.dumps(saved.get(k), sort_keys=True) != json.dumps(current.get(k), sort_keys=True))
         if diff:
@@ -68,7 +72,9 @@ def run_study(run: StudyRun, stages: tuple[str, ...] = STAGES) -> dict[str, Any]
     """Run ``stages`` of the study in order; returns the report record (also written to ``OUT/study.json``)."""
     from grace_bench.study.report import write_report
 
-    run.work.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(run.out, "--out")  # a file or read-only folder fails before any stage runs
+    ensure_writable_dir(run.work, "--work")
+    total_times(run.work)  # a corrupt timings file fails now, not after the first stage's work
     check_recipe(run.work, run.recipe)
     steps: dict[str, Callable[[StudyRun], None]] = {
         "pretrain": _pretrain, "finetune": _finetune, "wise": _wise, "eval": _evaluate, "geometry": _geometry,
@@ -92,7 +98,13 @@ def run_study(run: StudyRun, stages: tuple[str, ...] = STAGES) -> dict[str, Any]
 def total_times(work: Path) -> dict[str, float]:
     """Seconds spent in each stage over every invocation of this study (``WORK/timings.json``)."""
     path = work / "timings.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    totals = read_study_json(path, "delete it (it only holds the wall time of earlier stages)")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in totals.values()):
+        raise UserError(f"{path} must map stage names to seconds; delete it (it only holds the wall time of earlier "
+                        "stages)")
+    return totals
 
 
 def _accumulate_time(work: Path, stage: str, seconds: float) -> None:

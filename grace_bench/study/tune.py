@@ -9,7 +9,6 @@ each row changes one component only; ``micro_lr.json`` in this package is such a
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from tqdm.auto import tqdm
 
 from grace_bench.errors import UserError
 from grace_bench.study.plan import finetune_config
-from grace_bench.study.recipe import MethodSpec, StudyRecipe
+from grace_bench.study.recipe import MethodSpec, StudyRecipe, read_study_json
 from grace_bench.utils.atomic import atomic_write_json
 
 FULL_FT_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
@@ -85,7 +84,10 @@ def tune(recipe: StudyRecipe, work: Path, *, progress: bool = True, device: str 
             took = None
         cached = out / "val_scores.json"
         if cached.is_file():
-            scores = json.loads(cached.read_text())
+            scores = read_study_json(cached, "delete it to score that run again")
+            if not all(isinstance(scores.get(k), (int, float)) for k in ("val_clean", "val_robust", "val_hm")):
+                raise UserError(f"{cached} lacks numeric val_clean/val_robust/val_hm; delete it to score that run "
+                                "again")
         else:
             scores = validation_scores(out, recipe, device=dev)
             atomic_write_json(cached, scores)

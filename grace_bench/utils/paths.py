@@ -69,3 +69,32 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     os.close(fd)
     os.unlink(probe)
     return path
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Check, without creating anything, that ``path`` is (or could be created as) a writable folder.
+
+    Raises the same one-line ``UserError`` as :func:`ensure_writable_dir`; use it before reading the inputs
+    so a bad output folder fails first and a failed run leaves no new folder behind.
+    """
+    path = Path(path)
+    if "\x00" in str(path):
+        raise UserError(f"{what} contains a NUL byte; give a plain folder path")
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{what} {path} is a file, not a folder; give a folder path")
+        probe_at = path
+    else:
+        probe_at = path.parent
+        while not probe_at.exists() and probe_at != probe_at.parent:
+            probe_at = probe_at.parent
+        if not probe_at.is_dir():
+            raise UserError(f"cannot create {what} folder {path}: {probe_at} is a file; choose another location")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=probe_at)
+    except OSError as exc:
+        raise UserError(f"{what} folder {path} is not writable ({probe_at}: {exc.strerror}); fix its permissions or "
+                        "choose another folder") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
