@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from grace_bench.attacks.chunks import DEFAULT_CHUNK_SIZE, clear_state
+from grace_bench.attacks.threat import canonical_attack
 from grace_bench.data.suites import DataContext, DatasetSpec, Suite, get_suite
 from grace_bench.errors import UserError
 from grace_bench.eval.clean import evaluate_clean
@@ -78,7 +80,7 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
     clip.model.to(device).eval()
     suite = get_suite(cfg.suite or default_suite_for(clip))
     defaults = suite_defaults(suite.name)
-    attack = cfg.attack or defaults["attack"]
+    attack = canonical_attack(cfg.attack or defaults["attack"])  # explicit name: what runs is what is recorded
     eps = cfg.eps or defaults["eps"]
     n_adv = cfg.n_adv if cfg.n_adv is not None else defaults["n_adv"]
     if cfg.limit is not None:
@@ -127,6 +129,7 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
             "eps": eps,
             "norm": cfg.norm,
             "n_adv": n_adv,
+            **({"attack_chunk": DEFAULT_CHUNK_SIZE} if attack != "none" else {}),
             "precision_clean": cfg.precision,
             "precision_attack": "fp32",
             "limit": cfg.limit,
@@ -199,7 +202,8 @@ def _adversarial_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key,
 
     indices = suite.adv_indices(dataset, n_adv) if suite.adv_indices is not None else None
     config = {"protocol": PROTOCOL_VERSION, "suite": suite.name, "dataset": spec.name, "attack": attack,
-              "eps": eps, "norm": cfg.norm, "n": n_adv, "seed": cfg.seed, **prompt_key}
+              "eps": eps, "norm": cfg.norm, "n": n_adv, "seed": cfg.seed, "chunk_size": DEFAULT_CHUNK_SIZE,
+              **prompt_key}
     h = config_hash(config)
     path = store.result_path(clip.fingerprint(), spec.name, "adversarial", h)
     done = store.load(path)
@@ -207,10 +211,11 @@ def _adversarial_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key,
         if rank != 0:  # attacks run on rank 0 only; they are resumable rather than sharded
             return {}
         start = time.perf_counter()
+        state_dir = store.state_dir(clip.fingerprint(), spec.name, "adversarial", h)
         res = evaluate_adversarial(
             clf, dataset, attack=attack, eps=eps, norm=cfg.norm, n=n_adv, batch_size=cfg.adv_batch_size,
-            state_dir=store.state_dir(clip.fingerprint(), spec.name, "adversarial", h), seed=cfg.seed,
-            indices=indices, progress=cfg.progress,
+            chunk_size=DEFAULT_CHUNK_SIZE, state_dir=state_dir, seed=cfg.seed, indices=indices,
+            progress=cfg.progress,
         )
         done = {
             "kind": "adversarial",
@@ -225,7 +230,8 @@ def _adversarial_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key,
             "images_per_s": res["n"] / max(time.perf_counter() - start, 1e-9),
         }
         store.write(path, done)
+        clear_state(state_dir)  # the result is stored: the attack's resume state is no longer needed
     m = done["metrics"]
-    keep = ("attack", "eps", "eps_value", "norm", "n", "clean_acc", "robust_acc", "cascade", "config", "timings",
-            "warnings")
+    keep = ("attack", "attack_label", "eps", "eps_value", "norm", "n", "clean_acc", "robust_acc", "cascade", "config",
+            "timings", "warnings")
     return {**{k: m[k] for k in keep if k in m}, "result_file": str(path)}
