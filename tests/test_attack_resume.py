@@ -136,6 +136,7 @@ def test_sigkill_of_grace_bench_eval_resumes_repeating_at_most_one_sub_attack(ti
     assert adv["attack"] == "custom:apgd-ce[restarts=1,iters=4],apgd-t[restarts=1,iters=3,targets=2]"
     assert adv["attack_label"] == "APGD-CE 1×4 + APGD-T 1×3 (2 targets)"
     assert adv["config"]["chunk_size"] == 50 and summary["protocol"]["attack_chunk"] == 50
+    assert summary["protocol"]["attack"] == adv["attack"]
     assert adv["timings"]["resumed_from"] is not None
     # Once the result is written, no attack state is left.
     for out in (killed_out, tmp_path / "fresh"):

@@ -276,3 +276,19 @@ def test_evaluate_reports_gradient_masking_on_a_quantised_model(tiny_classifier,
     assert any("gradient masking" in w for w in out["warnings"])
     assert any("zero input gradients" in w for w in out["warnings"])
     assert not math.isnan(out["timings"]["total_s"])
+
+
+def test_clear_state_removes_only_attack_state(tmp_path):
+    from grace_bench.attacks.chunks import clear_state
+
+    state = tmp_path / "state"
+    (state / "autoattack-0123").mkdir(parents=True)
+    (state / "autoattack-0123" / "chunk-00000.json").write_text("{}")
+    (state / "pgd-4567.json").write_text("{}")
+    clear_state(state)
+    assert not state.exists()  # nothing else was there
+    (state / "autoattack-89ab").mkdir(parents=True)
+    (state / "notes.txt").write_text("keep me")
+    clear_state(state)
+    assert [p.name for p in state.iterdir()] == ["notes.txt"]
+    clear_state(tmp_path / "missing")  # no state: nothing to do

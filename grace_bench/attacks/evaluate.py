@@ -120,7 +120,7 @@ def evaluate_adversarial(
 
 def _run_pgd(classifier, x, y, spec, eps, norm, seed, chunk_size, state_dir, progress) -> dict[str, Any]:
     """PGD over fixed chunks; chunk ``c``'s random start uses a generator seeded by ``chunk_seed(seed, c)``."""
-    settings = spec.settings_dict()["pgd"]
+    settings = spec.settings_dict().get("pgd", {})
     steps = int(settings.get("steps", PGD_STEPS))
     step_size = format_eps(settings.get("step", PGD_STEP_SIZE))
     device = model_device(classifier)
