@@ -292,3 +292,16 @@ def test_clear_state_removes_only_attack_state(tmp_path):
     clear_state(state)
     assert [p.name for p in state.iterdir()] == ["notes.txt"]
     clear_state(tmp_path / "missing")  # no state: nothing to do
+
+
+def test_eval_help_states_what_the_bare_name_and_the_default_run(capsys, monkeypatch):
+    from grace_bench.cli import main
+    from grace_bench.eval.config import IMAGENET_DEFAULTS, MICRO_DEFAULTS
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside names
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = capsys.readouterr().out
+    for defaults in (MICRO_DEFAULTS, IMAGENET_DEFAULTS):
+        assert f"bare apgd-ce = {canonical_attack(defaults['attack'])} (the default)" in text
+    assert canonical_attack("apgd-ce") == canonical_attack(MICRO_DEFAULTS["attack"])

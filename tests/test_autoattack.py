@@ -189,6 +189,7 @@ def test_interrupted_run_resumes_per_sub_attack_with_identical_flags(tiny_classi
     assert 0 < int(fresh.robust.sum()) < int(fresh.clean.sum())
     again = run_autoattack(tiny_classifier, x, y, state_dir=tmp_path, **kw)  # finished chunks are reused as is
     assert again.timings["steps_run"] == 0 and torch.equal(again.robust, fresh.robust)
+    assert again.timings["resumed_from"] == {"chunk": 3, "attack_index": 0} and fresh.timings["resumed_from"] is None
     assert fresh.config["chunk_size"] == 8 and fresh.config["n_chunks"] == 3
 
 

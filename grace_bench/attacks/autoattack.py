@@ -192,7 +192,7 @@ def run_autoattack(
     robust = torch.zeros(n, dtype=torch.bool)
     counts = {a: 0 for a in names}
     seconds: dict[str, float] = {"clean": 0.0, **{a: 0.0 for a in names}}
-    resumed_from, steps_run = None, 0
+    loaded, first_todo, steps_run = False, None, 0
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         checks_s = 0.0
@@ -204,8 +204,9 @@ def run_autoattack(
         for c, (start, stop) in enumerate(ranges):
             path = folder / f"chunk-{c:05d}.json" if folder is not None else None
             state = load_state(path, key)
-            if state is not None and resumed_from is None and state["next_attack"] < len(names):
-                resumed_from = {"chunk": c, "attack_index": state["next_attack"]}
+            loaded = loaded or state is not None
+            if first_todo is None and (state is None or state["next_attack"] < len(names)):
+                first_todo = {"chunk": c, "attack_index": 0 if state is None else state["next_attack"]}
             if state is None:
                 state = {"schema": STATE_SCHEMA, "key": key, "chunk": c, "start": start, "stop": stop,
                          "seed": chunk_seed(seed, c), "clean": None, "robust": None, "next_attack": 0,
@@ -230,7 +231,8 @@ def run_autoattack(
         "clean_s": seconds["clean"],
         "checks_s": checks_s,
         "attacks_s": {a: seconds[a] for a in names},
-        "resumed_from": resumed_from,
+        # where this call picked up saved work: the first step it had to run (None: nothing was saved)
+        "resumed_from": (first_todo or {"chunk": len(ranges), "attack_index": 0}) if loaded else None,
         "steps_run": steps_run,
     }
     return AutoAttackResult(robust=robust, clean=clean, cascade=cascade, config=config, timings=timings,
