@@ -1,7 +1,8 @@
 """Overhead of our AutoAttack adapter over pyautoattack run directly, and attack throughput.
 
-1. Runs ``AutoAttack(model, version=..., eps=..., seed=0).run_standard_evaluation(x, y, batch_size=...)``
-   and our ``run_autoattack`` (with a state dir, so including its per-batch atomic saves and sanity
+1. Runs ``AutoAttack(model, version=..., eps=..., seed=chunk_seed(0, c)).run_standard_evaluation(x_c, y_c,
+   batch_size=...)`` on each chunk ``c`` of ``--batch-size`` examples, and our ``run_autoattack`` with
+   ``chunk_size=--batch-size`` (with a state dir, so including its per-step atomic saves and sanity
    checks) on the same random-weight model, inputs and seed, interleaved ``--repeats`` times. Asserts the
    robust flags are identical and prints the time ratio ours/direct (target <= 1.05) from the best run of
    each, both in process CPU time (robust on a shared machine) and wall time.
@@ -101,16 +102,22 @@ def timed(fn):
 def direct_autoattack(clf, x, y, *, eps, version, batch_size, device):
     from pyautoattack import AutoAttack
 
-    aa = AutoAttack(clf, eps=eps, norm="Linf", seed=0, version=version, device=device)
-    _, y_adv = aa.run_standard_evaluation(x, y, batch_size=batch_size)
-    return (y_adv == y).cpu()
+    from grace_bench.attacks.chunks import chunk_seed
+
+    flags = []
+    for c, start in enumerate(range(0, x.shape[0], batch_size)):
+        xc, yc = x[start : start + batch_size], y[start : start + batch_size]
+        aa = AutoAttack(clf, eps=eps, norm="Linf", seed=chunk_seed(0, c), version=version, device=device)
+        _, y_adv = aa.run_standard_evaluation(xc, yc, batch_size=batch_size)
+        flags.append((y_adv == yc).cpu())
+    return torch.cat(flags)
 
 
 def our_autoattack(clf, x, y, *, eps, version, batch_size, device):
     from grace_bench.attacks.autoattack import run_autoattack
 
     with tempfile.TemporaryDirectory() as state_dir:
-        return run_autoattack(clf, x, y, eps=eps, version=version, seed=0, batch_size=batch_size,
+        return run_autoattack(clf, x, y, eps=eps, version=version, seed=0, chunk_size=batch_size,
                               state_dir=state_dir, device=device, progress=False)
 
 
@@ -173,14 +180,14 @@ def vit_b32(args, device: str) -> dict:
     iters = args.vit_apgd_iters
     res, wall, _ = timed(lambda: run_autoattack(clf, xb, yb, eps=4 / 255, version="custom", attacks=["apgd-ce"],
                                                 settings={"apgd-ce": {"restarts": 1, "iterations": iters}},
-                                                batch_size=args.vit_batch_size, device=device, progress=False,
+                                                chunk_size=args.vit_batch_size, device=device, progress=False,
                                                 checks=False))
     out["apgd_ce_image_steps_per_s"] = xb.shape[0] * iters / wall
     ref, wall_ref, _ = timed(lambda: _direct_apgd(clf, xb, yb, iters, args.vit_batch_size, device))
     out["apgd_ce_flags_identical_to_direct"] = bool(torch.equal(ref, res.robust))
     out["apgd_ce_ratio_wall"] = wall / wall_ref
     res, wall, _ = timed(lambda: run_autoattack(clf, x, y, eps=4 / 255, version=args.version,
-                                                batch_size=args.vit_batch_size, device=device, progress=False))
+                                                chunk_size=args.vit_batch_size, device=device, progress=False))
     out.update(autoattack_version=args.version, autoattack_images_per_s=x.shape[0] / wall,
                autoattack_wall_s=wall, autoattack_cascade=res.cascade, autoattack_attack_s=res.timings["attacks_s"])
     return out
@@ -190,8 +197,11 @@ def _direct_apgd(clf, x, y, iters, batch_size, device):
     from pyautoattack import AutoAttack
     from pyautoattack.autopgd_base import APGDAttack
 
-    aa = AutoAttack(clf, attacks=["apgd-ce"], eps=4 / 255, norm="Linf", seed=0, version="custom", device=device)
-    aa.apgd = APGDAttack(clf, n_restarts=1, n_iter=iters, eps=4 / 255, norm="Linf", eot_iter=1, rho=0.75, seed=0,
+    from grace_bench.attacks.chunks import chunk_seed
+
+    seed = chunk_seed(0, 0)  # x is one chunk
+    aa = AutoAttack(clf, attacks=["apgd-ce"], eps=4 / 255, norm="Linf", seed=seed, version="custom", device=device)
+    aa.apgd = APGDAttack(clf, n_restarts=1, n_iter=iters, eps=4 / 255, norm="Linf", eot_iter=1, rho=0.75, seed=seed,
                          device=device, verbose=False, logger=aa.logger)
     _, y_adv = aa.run_standard_evaluation(x, y, batch_size=batch_size)
     return (y_adv == y).cpu()

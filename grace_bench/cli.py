@@ -25,7 +25,10 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--datasets", nargs="+", help="only these datasets of the suite")
     p.add_argument("--base", help="base checkpoint spec for visual-only checkpoints (text tower source)")
     p.add_argument("--trust-pickle", action="store_true", help="allow unpickling a checkpoint (only if trusted)")
-    p.add_argument("--attack", help="none|pgd|apgd-ce|aa-standard|aa-plus|aa-rand|custom:<list> (default: apgd-ce)")
+    p.add_argument("--attack", help="none | pgd[steps=10,step=1/255] | apgd-ce[restarts=1,iters=100] | aa-standard | "
+                                    "aa-plus | aa-rand | custom:apgd-ce[...],apgd-t[...],... ; a setting left out "
+                                    "takes AutoAttack standard's value, so bare apgd-ce = apgd-ce[restarts=1,"
+                                    "iters=100] (the default); results record this explicit name")
     p.add_argument("--eps", help="perturbation budget, e.g. 4/255 (default 4/255)")
     p.add_argument("--norm", default="Linf", help="Linf or L2")
     p.add_argument("--n-adv", type=int, help="number of adversarial examples (micro: 250; imagenet: 5000 ids)")

@@ -68,7 +68,8 @@ def test_table6_script_with_paper_columns(study, tmp_path):
     md = out.read_text()
     assert proc.stdout.startswith(md)
     head, rows = table_rows(md)
-    assert head[:8] == ["method", "n", "ID", "OOD avg", "Adv", "HM", "Robust", "Nat-adv"]
+    robust = "robust (APGD-CE 1×100, ε=4/255 ℓ∞)"  # named after the attack the summaries recorded
+    assert head[:8] == ["method", "n", "ID", "OOD avg", "Adv", "HM", robust, "Nat-adv"]
     assert head[-4:] == ["paper ID", "paper OOD avg", "paper Adv", "paper HM"]
     assert {"λ_max", "weight drift"} <= set(head)
     assert list(rows) == ["zero-shot", "ft", "tecoa", "grace"]  # the paper's order, absent rows not invented
@@ -76,7 +77,7 @@ def test_table6_script_with_paper_columns(study, tmp_path):
     assert rows["grace"]["n"] == "3"
     assert rows["grace"]["ID"] == pm(g[:, 0])
     assert rows["grace"]["OOD avg"] == pm(g[:, 1:4].mean(axis=1))
-    assert rows["grace"]["Robust"] == pm(g[:, 5])
+    assert rows["grace"][robust] == pm(g[:, 5])
     assert rows["grace"]["λ_max"] == f"{np.mean([30.0, 60.0]):.4g} ± {np.std([30.0, 60.0], ddof=1):.2g} (2/3)"
     assert rows["ft"]["λ_max"] == "—"
     assert rows["zero-shot"]["ID"] == f"{100 * vals['zero-shot'][0, 0]:.2f}"  # one seed: no ± std
@@ -85,7 +86,7 @@ def test_table6_script_with_paper_columns(study, tmp_path):
     assert rows["ft"]["paper ID"] == "74.86"
     assert note(md, "Not in the results").endswith(": wise-ft, flyp, fare, pmg-aft.")
     assert "wise-ft α=0.25" in note(md, "Other labels")
-    assert "apgd-ce Linf ε=4/255 on n=250" in note(md, "Protocol")
+    assert "Robust = APGD-CE 1×100 (apgd-ce) Linf ε=4/255 on n=250" in note(md, "Protocol")
     assert "within 0.05 (checked)" in note(md, "paper columns")
     data = json.loads(js.read_text())
     assert [r["label"] for r in data["rows"]] == list(rows)

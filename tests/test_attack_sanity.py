@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 
 from grace_bench.attacks import sanity
 from grace_bench.attacks.evaluate import evaluate_adversarial
-from grace_bench.attacks.threat import format_eps, parse_attack_spec, parse_eps, parse_norm
+from grace_bench.attacks.threat import canonical_attack, format_eps, parse_attack_spec, parse_eps, parse_norm
 from grace_bench.errors import UserError
 
 
@@ -63,14 +63,66 @@ def test_parse_attack_spec():
     assert (ce.version, ce.attacks) == ("custom", ("apgd-ce",))
     custom = parse_attack_spec("custom:apgd-ce[restarts=1;iterations=50],apgd-t[targets=3],square")
     assert custom.attacks == ("apgd-ce", "apgd-t", "square")
-    assert custom.settings_dict() == {"apgd-ce": {"restarts": "1", "iterations": "50"}, "apgd-t": {"targets": "3"}}
+    assert custom.settings_dict() == {"apgd-ce": {"restarts": "1", "iterations": "50", "eot": "1"},
+                                      "apgd-t": {"restarts": "1", "iterations": "100", "targets": "3", "eot": "1"},
+                                      "square": {"restarts": "1", "queries": "5000"}}
     assert parse_attack_spec(custom.name) == custom  # canonical names round-trip
     hash(custom)  # frozen and hashable
     assert parse_attack_spec("pgd[steps=20;step=2/255]").settings_dict() == {"pgd": {"steps": "20", "step": "2/255"}}
     for bad in ["fgsm", "custom:", "custom:apgd-ce,bogus", "custom:apgd-ce[restarts=0]", "custom:fab-t[restarts=2]",
-                "custom:apgd-ce,apgd-ce", "custom:apgd-ce[restarts=x]", "pgd[targets=3]", "custom:apgd-ce[restarts"]:
+                "custom:apgd-ce,apgd-ce", "custom:apgd-ce[restarts=x]", "pgd[targets=3]", "custom:apgd-ce[restarts",
+                "apgd-ce[iters=5,iterations=6]"]:
         with pytest.raises(UserError):
             parse_attack_spec(bad)
+
+
+def test_attack_names_are_canonical_and_explicit():
+    """A bare name, the default and the spelled-out name are one attack with one recorded name."""
+    from grace_bench.eval.config import MICRO_DEFAULTS
+
+    explicit = "apgd-ce[restarts=1,iters=100]"
+    for text in ["apgd-ce", "APGD-CE", MICRO_DEFAULTS["attack"], "apgd-ce[iterations=100]", explicit,
+                 "apgd-ce[iters=100;restarts=1;eot=1]"]:
+        assert canonical_attack(text) == explicit, text
+    assert parse_attack_spec("apgd-ce").settings_dict()["apgd-ce"]["restarts"] == "1"
+    assert canonical_attack("pgd") == "pgd[steps=10,step=1/255]"
+    assert canonical_attack("pgd[step=0.5/127.5]") == "pgd[steps=10,step=1/255]"
+    assert canonical_attack("custom:fab-t,apgd-dlr[eot=20]") == \
+        "custom:fab-t[iters=100,targets=9],apgd-dlr[restarts=1,iters=100,eot=20]"
+    assert canonical_attack("AA-Standard") == "aa-standard" and canonical_attack("None") == "none"
+
+
+def test_attack_descriptions_come_from_the_recorded_attack():
+    from grace_bench.attacks.naming import describe_attack, robust_title
+
+    assert describe_attack("apgd-ce") == "APGD-CE 1×100"
+    assert robust_title("apgd-ce", "4/255", "Linf") == "robust (APGD-CE 1×100, ε=4/255 ℓ∞)"
+    assert robust_title("none", "4/255", "Linf") == "robust (no attack)"  # no threat model when nothing ran
+    assert describe_attack("pgd[steps=3]") == "PGD 3 steps of 1/255"
+    assert describe_attack("aa-standard", short=True) == "AA-standard"
+    assert describe_attack("aa-standard").startswith("AA-standard: APGD-CE 1×100 + APGD-T 1×100 (9 targets)")
+    # A result written before canonical names: the bare "apgd-ce[restarts=1]" plus the settings that ran.
+    old = {"attack": "custom:apgd-ce[restarts=1]", "eps": "4/255", "norm": "Linf",
+           "config": {"version": "custom", "attacks": ["apgd-ce"], "eps": 4 / 255,
+                      "settings": {"apgd-ce": {"restarts": 1, "iterations": 25, "eot": 1, "loss": "ce"}}}}
+    assert robust_title(old) == "robust (APGD-CE 1×25, ε=4/255 ℓ∞)"
+    old_pgd = {"attack": "pgd", "config": {"attack": "pgd", "steps": 10, "step_size": "1/255"}}
+    assert describe_attack(old_pgd) == "PGD 10 steps of 1/255"
+    assert describe_attack({"attack": "something-new[x=1]"}) == "something-new[x=1]"  # shown as recorded
+
+
+def test_version_settings_table_matches_pyautoattack(tiny_classifier):
+    from grace_bench.attacks.autoattack import build_autoattack
+    from grace_bench.attacks.threat import SUBATTACK_DEFAULTS, VERSION_SETTINGS
+
+    for version, table in VERSION_SETTINGS.items():
+        resolved = build_autoattack(tiny_classifier, num_classes=10, version=version, eps="4/255")[1]["settings"]
+        assert list(resolved) == list(table) if version != "plus" else set(resolved) == set(table)
+        for attack, settings in table.items():
+            assert {k: resolved[attack][k] for k in settings} == settings, (version, attack)
+    standard = build_autoattack(tiny_classifier, num_classes=10, version="standard", eps="4/255")[1]["settings"]
+    for attack in standard:
+        assert {k: standard[attack][k] for k in SUBATTACK_DEFAULTS[attack]} == SUBATTACK_DEFAULTS[attack]
 
 
 # ---- invariants -----------------------------------------------------------------------------------------------
@@ -106,23 +158,26 @@ def test_robust_le_clean_and_eps_zero_equals_clean(tiny_classifier, tmp_path, at
 def test_evaluate_adversarial_pgd_is_json_ready_resumable_and_restores_the_model(tiny_classifier, tmp_path):
     data = _dataset(tiny_classifier, n=10)
     tiny_classifier.train()
-    out = evaluate_adversarial(tiny_classifier, data, attack="pgd", eps="4/255", batch_size=4, state_dir=tmp_path,
-                               seed=3, progress=False)
+    out = evaluate_adversarial(tiny_classifier, data, attack="pgd", eps="4/255", batch_size=4, chunk_size=4,
+                               state_dir=tmp_path, seed=3, progress=False)
     assert tiny_classifier.training and all(p.requires_grad and p.grad is None for p in tiny_classifier.parameters())
     json.dumps(out)
     assert out["eps"] == "4/255" and out["eps_value"] == pytest.approx(4 / 255) and out["norm"] == "Linf"
     assert out["n"] == 10 and len(out["robust_flags"]) == 10 and out["indices"] == list(range(10))
     assert out["config"]["steps"] == 10 and out["config"]["step_size"] == "1/255" and out["config"]["seed"] == 3
     assert out["config"]["precision"] == "fp32" and out["config"]["random_start"] is True
+    assert out["config"]["chunk_size"] == 4 and out["config"]["n_chunks"] == 3
+    assert out["attack"] == "pgd[steps=10,step=1/255]" and out["attack_label"] == "PGD 10 steps of 1/255"
     assert out["cascade"] == {"clean": out["clean_acc"], "pgd": out["robust_acc"]}
     assert out["robust_acc"] == pytest.approx(sum(out["robust_flags"]) / 10)
     assert out["timings"]["image_steps_per_s"] > 0
     for key in ["clean_acc", "robust_acc"]:
         assert 0 <= out[key] <= 1
-    again = evaluate_adversarial(tiny_classifier, data, attack="pgd", eps="4/255", batch_size=4, state_dir=tmp_path,
-                                 seed=3, progress=False)
-    assert again["timings"]["resumed_from"] == {"batch": 3} and again["robust_flags"] == out["robust_flags"]
-    fresh = evaluate_adversarial(tiny_classifier, data, attack="pgd", eps="4/255", batch_size=4,
+    again = evaluate_adversarial(tiny_classifier, data, attack="pgd", eps="4/255", batch_size=4, chunk_size=4,
+                                 state_dir=tmp_path, seed=3, progress=False)
+    assert again["timings"]["resumed_from"] == {"chunk": 3} and again["robust_flags"] == out["robust_flags"]
+    assert again["timings"]["steps_run"] == 0
+    fresh = evaluate_adversarial(tiny_classifier, data, attack="pgd", eps="4/255", batch_size=2, chunk_size=4,
                                  state_dir=tmp_path / "other", seed=3, progress=False)
     assert fresh["robust_flags"] == out["robust_flags"] and fresh["timings"]["resumed_from"] is None
 
@@ -221,3 +276,32 @@ def test_evaluate_reports_gradient_masking_on_a_quantised_model(tiny_classifier,
     assert any("gradient masking" in w for w in out["warnings"])
     assert any("zero input gradients" in w for w in out["warnings"])
     assert not math.isnan(out["timings"]["total_s"])
+
+
+def test_clear_state_removes_only_attack_state(tmp_path):
+    from grace_bench.attacks.chunks import clear_state
+
+    state = tmp_path / "state"
+    (state / "autoattack-0123").mkdir(parents=True)
+    (state / "autoattack-0123" / "chunk-00000.json").write_text("{}")
+    (state / "pgd-4567.json").write_text("{}")
+    clear_state(state)
+    assert not state.exists()  # nothing else was there
+    (state / "autoattack-89ab").mkdir(parents=True)
+    (state / "notes.txt").write_text("keep me")
+    clear_state(state)
+    assert [p.name for p in state.iterdir()] == ["notes.txt"]
+    clear_state(tmp_path / "missing")  # no state: nothing to do
+
+
+def test_eval_help_states_what_the_bare_name_and_the_default_run(capsys, monkeypatch):
+    from grace_bench.cli import main
+    from grace_bench.eval.config import IMAGENET_DEFAULTS, MICRO_DEFAULTS
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside names
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = capsys.readouterr().out
+    for defaults in (MICRO_DEFAULTS, IMAGENET_DEFAULTS):
+        assert f"bare apgd-ce = {canonical_attack(defaults['attack'])} (the default)" in text
+    assert canonical_attack("apgd-ce") == canonical_attack(MICRO_DEFAULTS["attack"])

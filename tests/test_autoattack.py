@@ -1,14 +1,8 @@
 """The AutoAttack adapter: identical flags to pyautoattack run directly, resolved settings, projected logits,
-and bit-identical resumption after a real ``kill -9``."""
+chunked per-sub-attack resumption with identical flags (the real ``kill -9`` of ``grace-bench eval`` is in
+test_attack_resume.py)."""
 
 from __future__ import annotations
-
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -19,6 +13,7 @@ from pyautoattack.square import SquareAttack
 from torch import nn
 
 from grace_bench.attacks.autoattack import build_autoattack, run_autoattack
+from grace_bench.attacks.chunks import chunk_seed
 from grace_bench.errors import UserError
 
 EPS = 1 / 255
@@ -34,10 +29,19 @@ def _data(classifier, n=24, seed=0, num_classes=10):
     return x, y
 
 
-def _direct(model, x, y, attacks, *, batch_size, eps=EPS, norm="Linf", apgd=None, apgd_t=None, fab=None, square=None):
-    """Reference: pyautoattack's own ``run_standard_evaluation`` with explicitly constructed sub-attacks."""
-    aa = AutoAttack(model, attacks=attacks, eps=eps, norm=norm, seed=0, version="custom", device="cpu")
-    common = dict(eps=eps, norm=norm, seed=0, device="cpu", verbose=False)
+def _direct(model, x, y, attacks, *, batch_size, **kwargs):
+    """Reference: pyautoattack's own ``run_standard_evaluation`` on each chunk of ``batch_size`` examples,
+    seeded with ``chunk_seed(0, c)``, with explicitly constructed sub-attacks."""
+    flags = [_direct_one(model, x[s : s + batch_size], y[s : s + batch_size], attacks, batch_size=batch_size,
+                         seed=chunk_seed(0, c), **kwargs)
+             for c, s in enumerate(range(0, x.shape[0], batch_size))]
+    return torch.cat(flags)
+
+
+def _direct_one(model, x, y, attacks, *, batch_size, seed, eps=EPS, norm="Linf", apgd=None, apgd_t=None, fab=None,
+                square=None):
+    aa = AutoAttack(model, attacks=attacks, eps=eps, norm=norm, seed=seed, version="custom", device="cpu")
+    common = dict(eps=eps, norm=norm, seed=seed, device="cpu", verbose=False)
     if apgd:
         aa.apgd = APGDAttack(model, eot_iter=1, rho=0.75, logger=aa.logger, **apgd, **common)
     if apgd_t:
@@ -53,7 +57,7 @@ def _direct(model, x, y, attacks, *, batch_size, eps=EPS, norm="Linf", apgd=None
 def test_apgd_ce_flags_identical_to_direct_pyautoattack(tiny_classifier):
     x, y = _data(tiny_classifier)
     ours = run_autoattack(tiny_classifier, x, y, eps=EPS, version="custom", attacks=["apgd-ce"],
-                          settings={"apgd-ce": {"restarts": 2, "iterations": 10}}, batch_size=8, progress=False)
+                          settings={"apgd-ce": {"restarts": 2, "iterations": 10}}, chunk_size=8, progress=False)
     ref = _direct(tiny_classifier, x, y, ["apgd-ce"], batch_size=8, apgd=dict(n_restarts=2, n_iter=10))
     assert torch.equal(ours.robust, ref)
     assert not ours.clean[:3].any() and not ours.robust[:3].any()  # clean errors count as non-robust
@@ -69,7 +73,7 @@ def test_full_custom_cascade_identical_to_direct_pyautoattack(tiny_classifier):
                 "apgd-t": {"iterations": 5, "targets": 2}, "fab-t": {"iterations": 5, "targets": 2},
                 "square": {"queries": 20}}
     ours = run_autoattack(tiny_classifier, x, y, eps=0.6 / 255, version="custom", attacks=attacks, settings=settings,
-                          batch_size=6, progress=False)
+                          chunk_size=6, progress=False)
     ref = _direct(tiny_classifier, x, y, attacks, batch_size=6, eps=0.6 / 255, apgd=dict(n_restarts=1, n_iter=5),
                   apgd_t=dict(n_restarts=1, n_iter=5, n_target_classes=2),
                   fab=dict(n_restarts=1, n_iter=5, n_target_classes=2), square=dict(n_restarts=1, n_queries=20))
@@ -123,41 +127,12 @@ def test_attacks_on_projected_logits(tiny_classifier):
     assert y.max() < 5
     ours = run_autoattack(projected, x, y, eps=EPS, version="custom", attacks=["apgd-ce", "apgd-t"],
                           settings={"apgd-ce": {"restarts": 1, "iterations": 5}, "apgd-t": {"iterations": 5}},
-                          batch_size=6, progress=False)
+                          chunk_size=6, progress=False)
     assert ours.config["num_classes"] == 5 and ours.config["settings"]["apgd-t"]["targets"] == 4  # C - 1
     ref = _direct(_ExplicitProjection(tiny_classifier, subset), x, y, ["apgd-ce", "apgd-t"], batch_size=6,
                   apgd=dict(n_restarts=1, n_iter=5), apgd_t=dict(n_restarts=1, n_iter=5, n_target_classes=4))
     assert torch.equal(ours.robust, ref)
     assert ours.clean_acc == pytest.approx(9 / 12)
-
-
-_CHILD = r"""
-import sys, time, torch
-torch.set_num_threads(int(sys.argv[2]))
-from grace_bench.data.micro import MICRO_CLASSNAMES, MICRO_TEMPLATES
-from grace_bench.models.loading import build_clip_model
-from grace_bench.models.zero_shot import ZeroShotClassifier, build_zero_shot_head
-from grace_bench.attacks.autoattack import run_autoattack
-torch.manual_seed(0)
-clip = build_clip_model("tiny-clip")
-head = build_zero_shot_head(clip.model, clip.tokenizer, MICRO_CLASSNAMES, MICRO_TEMPLATES)
-clf = ZeroShotClassifier(clip.model, head, clip.mean, clip.std).eval()
-g = torch.Generator().manual_seed(0)
-x = torch.rand(24, 3, 16, 16, generator=g)
-with torch.no_grad():
-    y = clf(x).argmax(dim=1)
-y[:3] = (y[:3] + 1) % 10
-forward = clf.forward
-def slow_forward(inp):  # same numbers, just slow enough to be killed mid-attack
-    time.sleep(0.03)
-    return forward(inp)
-clf.forward = slow_forward
-print("started", flush=True)
-run_autoattack(clf, x, y, eps=1 / 255, version="custom", attacks=["apgd-ce", "apgd-t"], seed=0,
-               settings={"apgd-ce": {"restarts": 2, "iterations": 10}, "apgd-t": {"iterations": 5, "targets": 3}},
-               batch_size=8, state_dir=sys.argv[1], progress=False)
-print("finished", flush=True)
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -172,51 +147,98 @@ def _one_thread():
 _SETTINGS = {"apgd-ce": {"restarts": 2, "iterations": 10}, "apgd-t": {"iterations": 5, "targets": 3}}
 
 
-def _read_state(state_dir):
-    files = list(state_dir.glob("autoattack-*.json"))
-    if not files:
-        return None
-    try:
-        return json.loads(files[0].read_text())
-    except ValueError:
-        return None
+class _Killed(Exception):
+    pass
 
 
-def test_resume_after_sigkill_gives_identical_flags(tiny_classifier, tmp_path):
-    state_dir = tmp_path / "state"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(torch.get_num_threads()))
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(state_dir), str(torch.get_num_threads())], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    killed_at = None
-    try:
-        deadline = time.monotonic() + 300
-        while child.poll() is None and time.monotonic() < deadline:
-            state = _read_state(state_dir)
-            if state and not state["done"] and (state["next_batch"] >= 1 or state["attack_index"] >= 1):
-                os.kill(child.pid, signal.SIGKILL)
-                killed_at = state
-                break
-            time.sleep(0.01)
-    finally:
-        if child.poll() is None and killed_at is None:
-            child.kill()
-        child.wait()
-    assert killed_at is not None, child.stderr.read().decode()[-2000:]
-    assert child.returncode == -signal.SIGKILL
-    partial = _read_state(state_dir)
-    assert partial is not None and not partial["done"]
+def _counting_perturb(monkeypatch, fail_after=None):
+    """Count sub-attack executions (``_perturb`` calls); optionally raise on call number ``fail_after + 1``."""
+    from grace_bench.attacks import autoattack as aa_mod
 
+    real, calls = aa_mod._perturb, []
+
+    def counted(*args, **kwargs):
+        if fail_after is not None and len(calls) == fail_after:
+            raise _Killed
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(aa_mod, "_perturb", counted)
+    return calls
+
+
+def test_interrupted_run_resumes_per_sub_attack_with_identical_flags(tiny_classifier, tmp_path, monkeypatch):
     x, y = _data(tiny_classifier, n=24, seed=0)
-    resumed = run_autoattack(tiny_classifier, x, y, eps=1 / 255, version="custom", attacks=["apgd-ce", "apgd-t"],
-                             settings=_SETTINGS, batch_size=8, state_dir=state_dir, progress=False)
-    assert resumed.timings["resumed_from"] is not None
-    assert resumed.timings["resumed_from"]["attack_index"] == partial["attack_index"]
-    fresh = run_autoattack(tiny_classifier, x, y, eps=1 / 255, version="custom", attacks=["apgd-ce", "apgd-t"],
-                           settings=_SETTINGS, batch_size=8, progress=False)
+    kw = dict(eps=1 / 255, version="custom", attacks=["apgd-ce", "apgd-t"], settings=_SETTINGS, chunk_size=8,
+              progress=False)
+    with monkeypatch.context() as m:
+        fresh_calls = _counting_perturb(m)
+        fresh = run_autoattack(tiny_classifier, x, y, **kw)
+    assert len(fresh_calls) == 6  # 3 chunks x 2 sub-attacks, each chunk keeps robust examples
+    with monkeypatch.context() as m:
+        _counting_perturb(m, fail_after=3)  # dies inside the 4th sub-attack execution
+        with pytest.raises(_Killed):
+            run_autoattack(tiny_classifier, x, y, state_dir=tmp_path, **kw)
+    with monkeypatch.context() as m:
+        resumed_calls = _counting_perturb(m)
+        resumed = run_autoattack(tiny_classifier, x, y, state_dir=tmp_path, **kw)
+    assert len(resumed_calls) == 3 and resumed.timings["steps_run"] == 3  # only the unfinished steps
+    assert resumed.timings["resumed_from"] == {"chunk": 1, "attack_index": 1}
     assert torch.equal(resumed.robust, fresh.robust) and torch.equal(resumed.clean, fresh.clean)
     assert resumed.cascade == fresh.cascade
     assert 0 < int(fresh.robust.sum()) < int(fresh.clean.sum())
-    # A finished state is reused as is.
-    again = run_autoattack(tiny_classifier, x, y, eps=1 / 255, version="custom", attacks=["apgd-ce", "apgd-t"],
-                           settings=_SETTINGS, batch_size=8, state_dir=state_dir, progress=False)
-    assert torch.equal(again.robust, fresh.robust) and _read_state(state_dir)["done"]
+    again = run_autoattack(tiny_classifier, x, y, state_dir=tmp_path, **kw)  # finished chunks are reused as is
+    assert again.timings["steps_run"] == 0 and torch.equal(again.robust, fresh.robust)
+    assert again.timings["resumed_from"] == {"chunk": 3, "attack_index": 0} and fresh.timings["resumed_from"] is None
+    assert fresh.config["chunk_size"] == 8 and fresh.config["n_chunks"] == 3
+
+
+def test_chunk_seeds_differ_and_are_recorded(tiny_classifier):
+    """Chunk seeds derive from (seed, chunk index) and are recorded; chunk 0 equals pyautoattack with its seed."""
+    assert len({chunk_seed(0, c) for c in range(100)}) == 100 and chunk_seed(0, 1) != chunk_seed(1, 1)
+    x, y = _data(tiny_classifier, n=8, seed=3)
+    kw = dict(eps=1 / 255, version="custom", attacks=["apgd-ce"], settings={"apgd-ce": {"iterations": 3}},
+              progress=False)
+    one = run_autoattack(tiny_classifier, x, y, chunk_size=8, **kw)
+    assert "chunk" in one.config["chunk_seeds"] and one.config["seed"] == 0
+    ref = _direct_one(tiny_classifier, x, y, ["apgd-ce"], batch_size=8, seed=chunk_seed(0, 0),
+                      apgd=dict(n_restarts=1, n_iter=3))
+    assert torch.equal(one.robust, ref)
+
+
+class _RecordingBar:
+    """Stands in for tqdm: records totals, updates and postfixes."""
+
+    made: list[_RecordingBar] = []
+
+    def __init__(self, *args, total=None, disable=False, **kwargs):
+        self.total, self.disable, self.updates, self.postfixes = total, disable, [], []
+        _RecordingBar.made.append(self)
+
+    def update(self, n=1):
+        self.updates.append(n)
+
+    def set_postfix(self, fields=None, refresh=True, **kwargs):
+        self.postfixes.append(dict(fields or {}, **kwargs))
+
+    def close(self):
+        pass
+
+
+def test_progress_advances_per_iteration_inside_a_sub_attack(tiny_classifier, monkeypatch):
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", _RecordingBar)
+    _RecordingBar.made = []
+    x, y = _data(tiny_classifier, n=12, seed=4)
+    run_autoattack(tiny_classifier, x, y, eps=1 / 255, version="custom", attacks=["apgd-ce", "apgd-t"],
+                   settings={"apgd-ce": {"restarts": 2, "iterations": 10}, "apgd-t": {"iterations": 4, "targets": 2}},
+                   chunk_size=8, progress=True, checks=False)
+    (bar,) = [b for b in _RecordingBar.made if not b.disable]
+    assert bar.total == 2 * (2 * 10 + 2 * 4)  # chunks x (restarts x iterations [x targets]) in iterations
+    assert sum(bar.updates) == bar.total
+    positive = [u for u in bar.updates if u > 0]
+    assert len(positive) > 4 * 2  # many moves per step, not one per batch
+    assert [(p["chunk"], p["attack"]) for p in bar.postfixes] == [("1/2", "apgd-ce"), ("1/2", "apgd-t"),
+                                                                  ("2/2", "apgd-ce"), ("2/2", "apgd-t")]
+    assert bar.postfixes[0]["robust"] == "5/8" and bar.postfixes[2]["robust"].endswith("/4")  # 3 clean errors

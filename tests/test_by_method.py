@@ -159,8 +159,8 @@ def test_markdown_cells(tmp_path):
     md = method_markdown(rows, cols, title="T", notes=["extra note"])
     lines = [ln for ln in md.splitlines() if ln.startswith("|")]
     head = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert head == ["method", "n", "ID", "Robust", "HM", "HM(means)", "micro", "micro-v2", "micro-sketch",
-                    "micro-r", "micro-a"]
+    assert head == ["method", "n", "ID", "robust (APGD-CE 1×100, ε=4/255 ℓ∞)", "HM", "HM(means)", "micro", "micro-v2",
+                    "micro-sketch", "micro-r", "micro-a"]
     zs = [c.strip() for c in lines[2].strip("|").split("|")]
     gr = [c.strip() for c in lines[3].strip("|").split("|")]
     assert zs[:4] == ["zero-shot", "1", "80.00", "1.00"]  # n = 1: no std

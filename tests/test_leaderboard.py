@@ -151,8 +151,8 @@ def test_markdown_has_every_column_sorted_by_hm(tmp_path):
     results = write_synthetic_results(tmp_path / "res")
     board = build_leaderboard(results, tmp_path / "lb", "micro")
     header, rows = results_table(board.markdown)
-    expected = ["#", "model", "micro", *OOD, "micro-a", "ID", "OOD avg", "Nat-adv", "AutoAttack", "Adv", "HM",
-                "λ_max", "trace", "weight drift", "CKA to θ0"]
+    expected = ["#", "model", "micro", *OOD, "micro-a", "ID", "OOD avg", "Nat-adv", "robust (AA-standard, ε=4/255 ℓ∞)",
+                "Adv", "HM", "λ_max", "trace", "weight drift", "CKA to θ0"]
     assert header == expected
     hms = {k: hm3(v[0], float(np.mean(v[1])), (v[3] + v[2][0]) / 2) for k, v in METHODS.items()}
     assert [r[1] for r in rows] == sorted(hms, key=hms.get, reverse=True)
@@ -195,10 +195,27 @@ def test_header_states_protocol_from_the_summaries(tmp_path):
     results = write_synthetic_results(tmp_path / "res", protocol=proto, geometry=False)
     md = build_leaderboard(results, tmp_path / "lb").markdown
     header_part = md.split("## Results")[0]
-    assert "apgd-ce Linf ε=8/255 on micro (n=50)" in header_part
+    assert "APGD-CE 1×100 Linf ε=8/255 on micro (n=50)" in header_part  # restarts × iterations spelled out
+    assert "| robust (APGD-CE 1×100, ε=8/255 ℓ∞) |" in header_part  # the column is named after the attack
     assert "4/255" not in md
     assert "micro-v2, micro-sketch, micro-r" in header_part  # OOD avg definition from the roles in the files
     assert "| λ_max |" not in md  # no geometry anywhere: no geometry columns
+
+
+def test_robust_column_names_the_recorded_attack_or_none(tmp_path):
+    """An old result (bare custom:apgd-ce, which ran 5 restarts) is named from its recorded settings; a
+    table without any attack says so and names no threat model."""
+    old = summary_dict("old", METHODS["ft"], protocol={**PROTOCOL, "attack": "custom:apgd-ce"})
+    old["adversarial"]["micro"]["config"] = {"version": "custom", "attacks": ["apgd-ce"],
+                                             "settings": {"apgd-ce": {"restarts": 5, "iterations": 100, "eot": 1}}}
+    write_json(tmp_path / "a" / f"summary-{fingerprint('old')[:12]}.json", old)
+    board = build_leaderboard(tmp_path / "a", tmp_path / "lb-a")
+    assert [c.title for c in board.columns if c.key == "autoattack"] == ["robust (APGD-CE 5×100, ε=4/255 ℓ∞)"]
+    clean_only = summary_dict("zs", METHODS["ft"], protocol={**PROTOCOL, "attack": "none"})
+    clean_only["adversarial"] = {}
+    write_json(tmp_path / "b" / f"summary-{fingerprint('zs')[:12]}.json", clean_only)
+    board = build_leaderboard(tmp_path / "b", tmp_path / "lb-b")
+    assert [c.title for c in board.columns if c.key == "autoattack"] == ["robust (no attack)"]
 
 
 def test_mixed_protocols_fail_unless_allowed(tmp_path):

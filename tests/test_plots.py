@@ -69,7 +69,7 @@ def test_landscape_1d(tmp_path):
     assert len([ln for ln in loss_ax.lines if ln.get_label() in curves]) == 2
     assert "nats" in loss_ax.get_ylabel() and "filter-normalised" in loss_ax.get_xlabel()
     assert "%" in acc_ax.get_ylabel()
-    assert "ε=4/255" in title(fig) and "aa-standard" in title(fig)
+    assert "ε=4/255" in title(fig) and "AA-standard" in title(fig)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["ft", "grace"]
     with pytest.raises(UserError, match="lengths differ"):
         plot_landscape_1d({"x": {"alpha": a, "loss": a[:3]}})
@@ -182,7 +182,7 @@ def test_tradeoff_and_radar(tmp_path):
         xs, ys = line.get_data()
         for n, a in zip(xs[::50] / 100, ys[::50] / 100):
             assert harmonic_mean(n, n, a) == pytest.approx(h, rel=1e-6)
-    assert "ε=4/255" in title(fig) and "aa-standard" in title(fig)
+    assert "ε=4/255" in title(fig) and "AA-standard" in title(fig)
     full = {k: {"id": v["id"], "ood_avg": v["ood"], "adv": v["adv"], "hm": harmonic_mean(*v.values())}
             for k, v in pts.items()}
     fig = plot_radar(full, protocol=PROTO, out=tmp_path / "radar", formats=PNG)
@@ -331,3 +331,23 @@ def test_readers_accept_flat_and_library_layouts(results):
         loss = _landscape_loss(rec)
         axes = _landscape_axes(rec, loss)
         assert [a.size for a in axes] == list(loss.shape)
+
+
+def test_subtitles_name_the_recorded_attack_and_no_threat_model_without_one(tmp_path):
+    """A clean-only (attack none) summary reads "no attack" with no ℓ∞/ε; an old bare custom:apgd-ce result
+    is named from the settings it recorded (5 restarts), not from today's meaning of the name."""
+    from grace_bench.leaderboard.collect import load_summaries
+    from grace_bench.plots.cli import _protocol_with_attack
+    from tests.test_leaderboard import METHODS, PROTOCOL, summary_dict
+
+    clean_only = summary_dict("zs", METHODS["ft"], protocol={**PROTOCOL, "attack": "none"})
+    clean_only["adversarial"] = {}
+    old = summary_dict("old", METHODS["ft"], protocol={**PROTOCOL, "attack": "custom:apgd-ce"})
+    old["adversarial"]["micro"]["config"] = {"version": "custom", "attacks": ["apgd-ce"],
+                                             "settings": {"apgd-ce": {"restarts": 5, "iterations": 100, "eot": 1}}}
+    for s in (clean_only, old):
+        write_json(tmp_path / f"summary-{fingerprint(s['label'])[:12]}.json", s)
+    texts = {s.label: protocol_text(_protocol_with_attack(s)) for s in load_summaries(tmp_path)}
+    assert texts["zs"].startswith("no attack · ") and "ε" not in texts["zs"] and "ℓ" not in texts["zs"]
+    assert texts["old"].startswith("APGD-CE 5×100 · ℓ∞ · ε=4/255 · n_adv=100")
+    assert protocol_text({"attack": "none", "norm": "Linf", "eps": "4/255"}) == "no attack"

@@ -1,20 +1,37 @@
-"""Adversarial attacks in [0, 1] pixel space: PGD, the AutoAttack adapter, sanity checks and evaluation."""
+"""Adversarial attacks in [0, 1] pixel space: PGD, the AutoAttack adapter, sanity checks and evaluation.
 
-from grace_bench.attacks.autoattack import AutoAttackResult, build_autoattack, run_autoattack
-from grace_bench.attacks.evaluate import evaluate_adversarial
-from grace_bench.attacks.pgd import margin_loss, pgd_attack
-from grace_bench.attacks.threat import AttackSpec, format_eps, parse_attack_spec, parse_eps, parse_norm
+Names are imported lazily, so tables and figures that only need ``naming`` or ``threat`` do not load torch.
+"""
 
-__all__ = [
-    "AttackSpec",
-    "AutoAttackResult",
-    "build_autoattack",
-    "evaluate_adversarial",
-    "format_eps",
-    "margin_loss",
-    "parse_attack_spec",
-    "parse_eps",
-    "parse_norm",
-    "pgd_attack",
-    "run_autoattack",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AutoAttackResult": "autoattack",
+    "build_autoattack": "autoattack",
+    "run_autoattack": "autoattack",
+    "DEFAULT_CHUNK_SIZE": "chunks",
+    "chunk_seed": "chunks",
+    "clear_state": "chunks",
+    "evaluate_adversarial": "evaluate",
+    "describe_attack": "naming",
+    "robust_title": "naming",
+    "margin_loss": "pgd",
+    "pgd_attack": "pgd",
+    "AttackSpec": "threat",
+    "canonical_attack": "threat",
+    "format_eps": "threat",
+    "parse_attack_spec": "threat",
+    "parse_eps": "threat",
+    "parse_norm": "threat",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'grace_bench.attacks' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"grace_bench.attacks.{_EXPORTS[name]}"), name)

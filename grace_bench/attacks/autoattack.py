@@ -6,15 +6,13 @@ and hence results differ from an uninterrupted run; it writes the file non-atomi
 that still has attacks to run fails (``y_adv`` is only defined when the clean pass runs).
 
 So this module builds pyautoattack's own ``AutoAttack`` object (the sub-attacks and every default come
-from it) and drives its sub-attacks with the same cascade that ``run_standard_evaluation`` uses: the clean
-pass in ``batch_size`` batches, then for each attack the indices still robust when the attack starts,
-cut into ``batch_size`` batches, each attacked with ``perturb(x, y)`` after setting ``seed``. Every
-sub-attack reseeds torch at the start of ``perturb``, so a batch's outcome depends only on its contents.
-The state file records the flags when the current attack started and how many of its batches are done; it
-is replaced atomically after every batch. A rerun after ``kill -9`` rebuilds the same batches and gives
-bit-identical flags, which also equal those of ``AutoAttack.run_standard_evaluation`` run directly with the
-same settings (tests/test_autoattack.py and benchmarks/attack_overhead.py check both). On GPUs bitwise
-equality additionally needs deterministic kernels.
+from it) and drives its sub-attacks itself, one fixed chunk at a time (``chunks.py``): for chunk ``c`` the
+clean pass, then each sub-attack on the chunk's examples still robust, with ``seed = chunk_seed(seed, c)``,
+exactly as ``run_standard_evaluation`` does with ``batch_size = chunk_size`` on that chunk. Every
+sub-attack reseeds torch at the start of ``perturb``, so a step's outcome depends only on its inputs and
+seed. Each chunk's state (flags, next sub-attack) is replaced atomically after every step, so a
+``kill -9`` loses at most one sub-attack on one chunk, and the rerun gives bit-identical flags
+(tests/test_autoattack.py). On GPUs bitwise equality additionally needs deterministic kernels.
 """
 
 from __future__ import annotations
@@ -31,6 +29,8 @@ import torch
 from torch import nn
 
 from grace_bench.attacks import sanity
+from grace_bench.attacks.chunks import DEFAULT_CHUNK_SIZE, SEED_DERIVATION, chunk_ranges, chunk_seed
+from grace_bench.attacks.progress import AttackProgress, forwards_per_iteration, planned_iterations
 from grace_bench.attacks.threat import (
     AA_ATTACKS,
     AA_SETTING_KEYS,
@@ -43,7 +43,7 @@ from grace_bench.errors import UserError
 from grace_bench.utils.atomic import atomic_write_json
 
 DEFAULT_SEED = 0
-STATE_SCHEMA = "grace-bench/autoattack-state/v1"
+STATE_SCHEMA = "grace-bench/autoattack-chunk-state/v1"
 VERSIONS = ("standard", "plus", "rand", "custom")
 # Fewest classes each attack needs: DLR uses the 3rd-largest logit, targeted DLR the 4th.
 MIN_CLASSES = {"apgd-ce": 2, "apgd-dlr": 3, "apgd-t": 4, "fab": 2, "fab-t": 2, "square": 2}
@@ -148,22 +148,23 @@ def run_autoattack(
     attacks: Sequence[str] | None = None,
     settings: Mapping[str, Mapping[str, Any]] | None = None,
     seed: int = DEFAULT_SEED,
-    batch_size: int = 250,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     state_dir: str | Path | None = None,
     device: torch.device | str | None = None,
     model_key: str | None = None,
     progress: bool = True,
     checks: bool = True,
 ) -> AutoAttackResult:
-    """Run an AutoAttack cascade on ``model`` (images in [0,1] -> logits) over ``x``/``y``.
+    """Run an AutoAttack cascade on ``model`` (images in [0,1] -> logits) over ``x``/``y``, chunk by chunk.
 
-    Gives the same flags as ``AutoAttack(...).run_standard_evaluation(x, y, batch_size=batch_size)`` with
-    the same settings; with ``state_dir`` progress is saved after every batch and a rerun resumes.
-    ``model_key`` identifies the model in the state key (default: a hash of its state dict).
+    Chunk ``c`` (examples ``c*chunk_size`` onwards) gets the same flags as
+    ``AutoAttack(..., seed=chunk_seed(seed, c)).run_standard_evaluation(x_c, y_c, batch_size=chunk_size)``
+    with the same settings. With ``state_dir`` progress is saved after every (chunk, sub-attack) step and a
+    rerun resumes there with identical flags. ``model_key`` identifies the model in the state key (default:
+    a hash of its state dict).
     """
     t_start = time.perf_counter()
-    if batch_size < 1:
-        raise UserError(f"batch size must be >= 1, got {batch_size}")
+    ranges = chunk_ranges(x.shape[0], chunk_size)
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise UserError(f"need as many labels as images (and at least one), got {x.shape[0]} and {y.shape[0]}")
     sanity.check_pixel_range(x)
@@ -174,87 +175,101 @@ def run_autoattack(
         num_classes = int(model(x[:1].to(device)).shape[-1])
     adversary, config = build_autoattack(model, num_classes=num_classes, version=version, attacks=attacks,
                                          settings=settings, eps=eps, norm=norm, seed=seed, device=device)
-    config.update(batch_size=batch_size, n=n, precision=precision_of(model), device=device.type,
-                  resume="per-batch state; same batches and seeds as pyautoattack's run_standard_evaluation")
+    config.update(chunk_size=chunk_size, n_chunks=len(ranges), chunk_seeds=SEED_DERIVATION, n=n,
+                  precision=precision_of(model), device=device.type,
+                  resume="per (chunk, sub-attack) state; chunk c equals pyautoattack's run_standard_evaluation "
+                         "on that chunk with seed chunk_seed(seed, c)")
     key = state_key(config, x, y, model_key or model_hash(model))
-    state_path = Path(state_dir) / f"autoattack-{key[:16]}.json" if state_dir is not None else None
-    state = load_state(state_path, key)
-    resumed_from = None if state is None else {"attack_index": state["attack_index"], "batch": state["next_batch"]}
-    if state is None:
-        state = {"schema": STATE_SCHEMA, "key": key, "attack_index": 0, "next_batch": 0, "start_flags": None,
-                 "clean": None, "robust": None, "cascade": {}, "seconds": {}, "done": False}
+    folder = Path(state_dir) / f"autoattack-{key[:16]}" if state_dir is not None else None
 
     messages: list[str] = []
     if config["dropped"]:
         messages += sanity.emit([f"AutoAttack dropped {a}: {why}" for a, why in config["dropped"].items()])
+    names = config["attacks"]
+    plan = {a: planned_iterations(a, config["settings"][a]) for a in names}
+    bar = AttackProgress(len(ranges) * sum(plan.values()), desc="AutoAttack", enabled=progress)
+    clean = torch.zeros(n, dtype=torch.bool)
+    robust = torch.zeros(n, dtype=torch.bool)
+    counts = {a: 0 for a in names}
+    seconds: dict[str, float] = {"clean": 0.0, **{a: 0.0 for a in names}}
+    loaded, first_todo, steps_run = False, None, 0
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
+        checks_s = 0.0
         if checks:
             t0 = time.perf_counter()
-            messages += sanity.model_checks(model, x[:batch_size].to(device), y[:batch_size].to(device),
+            messages += sanity.model_checks(model, x[:chunk_size].to(device), y[:chunk_size].to(device),
                                             expect_random=version == "rand")
-            state["seconds"]["checks"] = state["seconds"].get("checks", 0.0) + time.perf_counter() - t0
-        with torch.no_grad():
-            if state["clean"] is None:
-                t0 = time.perf_counter()
-                clean = _clean_flags(model, x, y, batch_size, device, progress)
-                state.update(clean=pack_flags(clean), robust=pack_flags(clean))
-                state["cascade"]["clean"] = float(clean.float().mean())
-                state["seconds"]["clean"] = time.perf_counter() - t0
-                save_state(state_path, state)
-            clean = unpack_flags(state["clean"])
-            robust = unpack_flags(state["robust"])
-            for index, name in enumerate(config["attacks"]):
-                if index < state["attack_index"]:
-                    continue
-                _run_one_attack(adversary, name, config["settings"][name], seed, model, x, y, robust, state,
-                                state_path, batch_size, device, progress)
-                state["cascade"][name] = float(robust.float().mean())
-                state.update(attack_index=index + 1, next_batch=0, start_flags=None)
-                save_state(state_path, state)
-            state["done"] = True
-            save_state(state_path, state)
+            checks_s = time.perf_counter() - t0
+        for c, (start, stop) in enumerate(ranges):
+            path = folder / f"chunk-{c:05d}.json" if folder is not None else None
+            state = load_state(path, key)
+            loaded = loaded or state is not None
+            if first_todo is None and (state is None or state["next_attack"] < len(names)):
+                first_todo = {"chunk": c, "attack_index": 0 if state is None else state["next_attack"]}
+            if state is None:
+                state = {"schema": STATE_SCHEMA, "key": key, "chunk": c, "start": start, "stop": stop,
+                         "seed": chunk_seed(seed, c), "clean": None, "robust": None, "next_attack": 0,
+                         "counts": {}, "seconds": {}}
+            steps_run += _run_chunk(adversary, names, config["settings"], model, x[start:stop], y[start:stop],
+                                    state, path, device, bar, plan, f"{c + 1}/{len(ranges)}")
+            clean[start:stop] = unpack_flags(state["clean"])
+            robust[start:stop] = unpack_flags(state["robust"])
+            for a in names:
+                counts[a] += state["counts"][a]
+            for k, v in state["seconds"].items():
+                seconds[k] = seconds.get(k, 0.0) + v
+    bar.close()
 
-    masking = sanity.check_gradient_masking(state["cascade"])
+    cascade = {"clean": float(clean.float().mean()), **{a: counts[a] / n for a in names}}
+    masking = sanity.check_gradient_masking(cascade)
     if masking:
         messages += sanity.emit([masking])
     sanity.check_invariants(robust, clean, config["eps"])
     timings = {
         "total_s": time.perf_counter() - t_start,
-        "clean_s": state["seconds"].get("clean", 0.0),
-        "checks_s": state["seconds"].get("checks", 0.0),
-        "attacks_s": {a: state["seconds"].get(a, 0.0) for a in config["attacks"]},
-        "resumed_from": resumed_from,
+        "clean_s": seconds["clean"],
+        "checks_s": checks_s,
+        "attacks_s": {a: seconds[a] for a in names},
+        # where this call picked up saved work: the first step it had to run (None: nothing was saved)
+        "resumed_from": (first_todo or {"chunk": len(ranges), "attack_index": 0}) if loaded else None,
+        "steps_run": steps_run,
     }
-    cascade = {k: state["cascade"][k] for k in ["clean", *config["attacks"]]}
     return AutoAttackResult(robust=robust, clean=clean, cascade=cascade, config=config, timings=timings,
                             warnings=messages)
 
 
-def _run_one_attack(adversary, name, settings, seed, model, x, y, robust, state, state_path, batch_size, device,
-                    progress) -> None:
-    """One cascade stage, batch by batch, saving the state after each batch (mutates ``robust``)."""
-    from tqdm.auto import tqdm
-
-    if state["start_flags"] is None:
-        state.update(start_flags=pack_flags(robust), next_batch=0)
-        save_state(state_path, state)
-    todo = torch.nonzero(unpack_flags(state["start_flags"]), as_tuple=False).flatten()
-    n_batches = -(-todo.numel() // batch_size)
-    bar = tqdm(total=n_batches, initial=state["next_batch"], desc=f"AutoAttack {name}", unit="batch",
-               disable=not progress, leave=False)
-    for b in range(state["next_batch"], n_batches):
+def _run_chunk(adversary, names, settings, model, x, y, state, path, device, bar, plan, label) -> int:
+    """The clean pass and the remaining cascade steps of one chunk, saving after each; returns steps run."""
+    if state["clean"] is None:
         t0 = time.perf_counter()
-        idx = todo[b * batch_size : (b + 1) * batch_size]
-        xb, yb = x[idx].clone().to(device), y[idx].clone().to(device)
-        adv = _perturb(adversary, name, settings, seed, xb, yb)
-        fooled = ~yb.eq(model(adv).max(dim=1)[1]).to(robust.device)
-        robust[idx[fooled.to(idx.device)]] = False
-        state.update(robust=pack_flags(robust), next_batch=b + 1)
-        state["seconds"][name] = state["seconds"].get(name, 0.0) + time.perf_counter() - t0
-        save_state(state_path, state)
-        bar.update(1)
-    bar.close()
+        with torch.no_grad():
+            flags = y.to(device).eq(model(x.clone().to(device)).max(dim=1)[1]).cpu()
+        state.update(clean=pack_flags(flags), robust=pack_flags(flags))
+        state["seconds"]["clean"] = time.perf_counter() - t0
+        save_state(path, state)
+    robust = unpack_flags(state["robust"])
+    for name in names[: state["next_attack"]]:
+        bar.skip(plan[name])
+    steps = 0
+    for index in range(state["next_attack"], len(names)):
+        name = names[index]
+        t0 = time.perf_counter()
+        idx = torch.nonzero(robust, as_tuple=False).flatten()
+        bar.note(chunk=label, attack=name, robust=f"{int(robust.sum())}/{robust.numel()}")
+        with bar.step(model, plan[name], forwards_per_iteration(name, settings[name])), torch.no_grad():
+            if idx.numel():  # like run_standard_evaluation: under no_grad (APGD enables grad inside)
+                xb, yb = x[idx].clone().to(device), y[idx].clone().to(device)
+                adv = _perturb(adversary, name, settings[name], state["seed"], xb, yb)
+                fooled = ~yb.eq(model(adv).max(dim=1)[1]).cpu()
+                robust[idx[fooled]] = False
+        steps += 1
+        state["robust"] = pack_flags(robust)
+        state["counts"][name] = int(robust.sum())
+        state["seconds"][name] = time.perf_counter() - t0
+        state["next_attack"] = index + 1
+        save_state(path, state)
+    return steps
 
 
 def _perturb(adversary, name: str, s: Mapping[str, Any], seed: int, x: torch.Tensor, y: torch.Tensor):
@@ -317,17 +332,6 @@ def _set_apgd_iterations(attack, n_iter: int) -> None:
     attack.n_iter_2 = max(int(0.22 * n_iter), 1)
     attack.n_iter_min = max(int(0.06 * n_iter), 1)
     attack.size_decr = max(int(0.03 * n_iter), 1)
-
-
-def _clean_flags(model, x, y, batch_size, device, progress) -> torch.Tensor:
-    from tqdm.auto import tqdm
-
-    flags = torch.zeros(x.shape[0], dtype=torch.bool)
-    for start in tqdm(range(0, x.shape[0], batch_size), desc="AutoAttack clean", unit="batch",
-                      disable=not progress, leave=False):
-        xb, yb = x[start : start + batch_size].clone().to(device), y[start : start + batch_size].clone().to(device)
-        flags[start : start + batch_size] = yb.eq(model(xb).max(dim=1)[1]).cpu()
-    return flags
 
 
 def model_device(model: nn.Module) -> torch.device:

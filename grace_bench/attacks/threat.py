@@ -2,13 +2,20 @@
 
 Attack spec grammar (the ``--attack`` flag)::
 
-    none | pgd[steps=N;step=a/b] | apgd-ce[...] | aa-standard | aa-plus | aa-rand
-    | custom:<attack>[key=value;...],<attack>[...],...
+    none | pgd[steps=N,step=a/b] | apgd-ce[...] | aa-standard | aa-plus | aa-rand
+    | custom:<attack>[key=value,...],<attack>[...],...
 
 ``<attack>`` is one of pyautoattack's names (``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab``, ``fab-t``,
-``square``). Optional sub-attack settings in brackets: ``restarts``, ``iterations``, ``targets``
-(target classes), ``queries`` (Square) and ``eot`` (EOT iterations). Inside brackets ``;`` or ``,``
-separate settings, e.g. ``custom:apgd-ce[restarts=1;iterations=50],apgd-t[targets=3]``.
+``square``). Optional sub-attack settings in brackets: ``restarts``, ``iters`` (alias ``iterations``),
+``targets`` (target classes), ``queries`` (Square) and ``eot`` (EOT iterations). Inside brackets ``,`` or
+``;`` separate settings, e.g. ``custom:apgd-ce[restarts=1,iters=50],apgd-t[targets=3]``.
+
+One semantics everywhere: a setting left out takes AutoAttack *standard*'s value for that sub-attack
+(``SUBATTACK_DEFAULTS``: 1 restart, 100 iterations, 9 target classes, 5000 Square queries), so a bare
+``apgd-ce`` is ``apgd-ce[restarts=1,iters=100]``, the default attack. The canonical name (``AttackSpec.name``,
+what results record) spells every setting out, e.g. ``custom:apgd-ce[restarts=1,iters=100],apgd-t[restarts=1,
+iters=100,targets=9]``; ``eot`` is shown only when it is not 1. ``aa-standard``/``aa-plus``/``aa-rand`` keep
+pyautoattack's per-version settings (``VERSION_SETTINGS``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,32 @@ AA_SETTING_KEYS: dict[str, tuple[str, ...]] = {
     "square": ("restarts", "queries"),
 }
 PGD_SETTING_KEYS = ("steps", "step")
+PGD_STEPS = 10
+PGD_STEP_SIZE = "1/255"
+# What a sub-attack runs with when a setting is left out: AutoAttack standard's values (apgd-dlr and fab,
+# which standard does not run, get the same restarts and iterations as apgd-ce).
+SUBATTACK_DEFAULTS: dict[str, dict[str, int]] = {
+    "apgd-ce": {"restarts": 1, "iterations": 100, "eot": 1},
+    "apgd-dlr": {"restarts": 1, "iterations": 100, "eot": 1},
+    "apgd-t": {"restarts": 1, "iterations": 100, "targets": 9, "eot": 1},
+    "fab": {"restarts": 1, "iterations": 100},
+    "fab-t": {"iterations": 100, "targets": 9},
+    "square": {"restarts": 1, "queries": 5000},
+}
+# pyautoattack's settings per version (l-inf / l2), as build_autoattack reads them back from its objects.
+VERSION_SETTINGS: dict[str, dict[str, dict[str, int]]] = {
+    "standard": {"apgd-ce": SUBATTACK_DEFAULTS["apgd-ce"], "apgd-t": SUBATTACK_DEFAULTS["apgd-t"],
+                 "fab-t": SUBATTACK_DEFAULTS["fab-t"], "square": SUBATTACK_DEFAULTS["square"]},
+    "plus": {"apgd-ce": {"restarts": 5, "iterations": 100, "eot": 1},
+             "apgd-dlr": {"restarts": 5, "iterations": 100, "eot": 1},
+             "fab": {"restarts": 5, "iterations": 100}, "square": {"restarts": 1, "queries": 5000},
+             "apgd-t": {"restarts": 1, "iterations": 100, "targets": 9, "eot": 1},
+             "fab-t": {"iterations": 100, "targets": 9}},
+    "rand": {"apgd-ce": {"restarts": 1, "iterations": 100, "eot": 20},
+             "apgd-dlr": {"restarts": 1, "iterations": 100, "eot": 20}},
+}
+_KEY_ALIASES = {"iters": "iterations"}
+_SHOWN_KEY = {"iterations": "iters"}
 
 _NUMBER = re.compile(r"^\s*[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?\s*$")
 
@@ -128,11 +161,9 @@ def parse_attack_spec(spec: str) -> AttackSpec:
         if name != "pgd":
             raise UserError(f"unknown attack {spec!r}; {usage}")
         _check_keys("pgd", settings, PGD_SETTING_KEYS)
-        if "steps" in settings:
-            _parse_count(settings["steps"], "pgd", "steps", minimum=0)
-        if "step" in settings:
-            parse_eps(settings["step"])
-        return AttackSpec(name=_canonical("pgd", settings), kind="pgd", settings=_freeze({"pgd": settings}))
+        full = {"steps": str(_parse_count(settings.get("steps", str(PGD_STEPS)), "pgd", "steps", minimum=0)),
+                "step": format_eps(settings.get("step", PGD_STEP_SIZE))}
+        return AttackSpec(name=_canonical("pgd", full), kind="pgd", settings=_freeze({"pgd": full}))
     if low.startswith("custom:"):
         body = text.split(":", 1)[1]
         items = _split_top_level(body)
@@ -155,11 +186,9 @@ def _custom_spec(items: list[tuple[str, dict[str, str]]], prefix: str) -> Attack
         if name in attacks:
             raise UserError(f"attack {name!r} is listed twice; list each AutoAttack attack once")
         _check_keys(name, settings, AA_SETTING_KEYS[name])
-        for key, value in settings.items():
-            _parse_count(value, name, key, minimum=1)
+        full = {key: str(_parse_count(value, name, key, minimum=1)) for key, value in settings.items()}
         attacks.append(name)
-        if settings:
-            overrides[name] = settings
+        overrides[name] = {k: full.get(k, str(v)) for k, v in SUBATTACK_DEFAULTS[name].items()}
     name = prefix + ",".join(_canonical(a, overrides.get(a, {})) for a in attacks)
     return AttackSpec(name=name, kind="autoattack", version="custom", attacks=tuple(attacks),
                       settings=_freeze(overrides))
@@ -179,7 +208,10 @@ def _parse_item(item: str, usage: str) -> tuple[str, dict[str, str]]:
             if "=" not in part:
                 raise UserError(f"setting {part.strip()!r} of {name!r} needs key=value, e.g. {name}[restarts=1]")
             key, value = (s.strip() for s in part.split("=", 1))
-            settings[key.lower()] = value
+            key = _KEY_ALIASES.get(key.lower(), key.lower())
+            if key in settings:
+                raise UserError(f"setting {key!r} of {name!r} is given twice; give it once")
+            settings[key] = value
     return name, settings
 
 
@@ -218,9 +250,16 @@ def _parse_count(value: str, name: str, key: str, *, minimum: int) -> int:
 
 
 def _canonical(name: str, settings: dict[str, str]) -> str:
-    if not settings:
-        return name
-    return f"{name}[" + ";".join(f"{k}={settings[k]}" for k in sorted(settings)) + "]"
+    """``name[k=v,...]`` with the keys in their fixed order (``eot=1`` left out)."""
+    order = PGD_SETTING_KEYS if name == "pgd" else AA_SETTING_KEYS[name]
+    shown = [f"{_SHOWN_KEY.get(k, k)}={settings[k]}" for k in order
+             if k in settings and not (k == "eot" and str(settings[k]) == "1")]
+    return f"{name}[" + ",".join(shown) + "]" if shown else name
+
+
+def canonical_attack(spec: str) -> str:
+    """The canonical, explicit name of an ``--attack`` value (``apgd-ce`` -> ``apgd-ce[restarts=1,iters=100]``)."""
+    return parse_attack_spec(spec).name
 
 
 def _freeze(overrides: dict[str, dict[str, str]]) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:

@@ -84,7 +84,13 @@ def peek_arch(spec: str) -> str | None:
 
 def plan_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> EvalPlan:
     """Check every argument of ``cfg`` and make ``cfg.out`` writable; raise ``UserError`` before any work."""
-    from grace_bench.attacks.threat import check_eps_for_norm, parse_attack_spec, parse_eps, parse_norm
+    from grace_bench.attacks.threat import (
+        canonical_attack,
+        check_eps_for_norm,
+        parse_attack_spec,
+        parse_eps,
+        parse_norm,
+    )
 
     for name, value, low in (("limit", cfg.limit, 1), ("batch_size", cfg.batch_size, 1),
                              ("adv_batch_size", cfg.adv_batch_size, 1), ("workers", cfg.workers, 0)):
@@ -105,7 +111,7 @@ def plan_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> EvalPlan:
         suite_name = "micro" if arch in MICRO_ARCHS else "imagenet"
     suite = get_suite(suite_name) if suite_name else None
     defaults = suite_defaults(suite.name if suite else "imagenet")
-    attack = cfg.attack or defaults["attack"]
+    attack = canonical_attack(cfg.attack or defaults["attack"])  # explicit name: what runs is what is recorded
     attack_kind = parse_attack_spec(attack).kind
     eps = cfg.eps or defaults["eps"]
     norm = parse_norm(cfg.norm)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from grace_bench.attacks.chunks import DEFAULT_CHUNK_SIZE
 from grace_bench.data.suites import DataContext, DatasetSpec
 from grace_bench.errors import UserError
 from grace_bench.eval.clean import evaluate_clean
@@ -170,7 +171,8 @@ def _adversarial_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key,
     from grace_bench.attacks.evaluate import evaluate_adversarial
 
     config = {"protocol": PROTOCOL_VERSION, "suite": suite.name, "dataset": spec.name, "attack": plan.attack,
-              "eps": plan.eps, "norm": cfg.norm, "n": plan.n_adv, "seed": cfg.seed, **prompt_key}
+              "eps": plan.eps, "norm": cfg.norm, "n": plan.n_adv, "seed": cfg.seed, "chunk_size": DEFAULT_CHUNK_SIZE,
+              **prompt_key}
     h = config_hash(config)
     fp = clip.fingerprint()
     path = store.result_path(fp, spec.name, "adversarial", h)
@@ -184,8 +186,9 @@ def _adversarial_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key,
         start = time.perf_counter()
         res = evaluate_adversarial(
             clf, dataset, attack=plan.attack, eps=plan.eps, norm=cfg.norm, n=plan.n_adv,
-            batch_size=cfg.adv_batch_size, state_dir=store.state_dir(fp, spec.name, "adversarial", h),
-            seed=cfg.seed, indices=indices, progress=cfg.progress,
+            batch_size=cfg.adv_batch_size, chunk_size=DEFAULT_CHUNK_SIZE,
+            state_dir=store.state_dir(fp, spec.name, "adversarial", h), seed=cfg.seed, indices=indices,
+            progress=cfg.progress,
         )
         wall = time.perf_counter() - start
         done = {
@@ -201,5 +204,5 @@ def _adversarial_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key,
             "images_per_s": res["n"] / max(wall, 1e-9),
         }
         store.write(path, done)
-        store.clear_state(fp, spec.name, "adversarial", h)
+        store.clear_state(fp, spec.name, "adversarial", h)  # the result is stored: its resume state goes
     return path

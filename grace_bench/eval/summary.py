@@ -18,8 +18,8 @@ from grace_bench.eval.metrics import AGGREGATE_DEFINITIONS, aggregates
 from grace_bench.eval.store import SUMMARY_SCHEMA, ResultStore, package_versions
 
 PROTOCOL_VERSION = "grace-bench/eval/v1"
-ADV_KEEP = ("attack", "eps", "eps_value", "norm", "n", "clean_acc", "robust_acc", "cascade", "config", "timings",
-            "warnings")
+ADV_KEEP = ("attack", "attack_label", "eps", "eps_value", "norm", "n", "clean_acc", "robust_acc", "cascade", "config",
+            "timings", "warnings")
 
 Finished = list[tuple[Path, dict[str, Any]]]
 
@@ -108,6 +108,8 @@ def build_summary(store: ResultStore, *, fingerprint: str, suite: Any, identity:
     if shown:  # the protocol describes the robust accuracy the summary shows, whichever run computed it
         threat = {"attack": shown["attack"], "eps": shown["eps"], "norm": shown["norm"], "n_adv": shown["n"],
                   "seed": (shown.get("config") or {}).get("seed", requested["seed"])}
+        if (shown.get("config") or {}).get("chunk_size"):
+            threat["attack_chunk"] = shown["config"]["chunk_size"]
     checkpoint = {**identity.checkpoint, "fingerprint": fingerprint, "evaluated_as": specs_seen}
     if identity.wise_alpha is not None:
         checkpoint["wise_alpha"] = identity.wise_alpha

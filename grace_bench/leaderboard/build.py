@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grace_bench.attacks.naming import describe_attack, summaries_robust_title
 from grace_bench.errors import UserError
 from grace_bench.leaderboard.collect import (
     GeometryRecord,
@@ -127,7 +128,7 @@ def _attack_text(summaries: Sequence[SummaryRecord]) -> str:
             if not isinstance(entry, Mapping):
                 continue
             proto = s.protocol
-            attack = entry.get("attack") or proto.get("attack") or "attack not recorded"
+            attack = describe_attack({**entry, "attack": entry.get("attack") or proto.get("attack")})
             norm = entry.get("norm") or proto.get("norm")
             eps = format_eps(entry.get("eps", proto.get("eps")))
             n = entry.get("n") or (s.per_dataset.get(ds) or {}).get("n_adv") or proto.get("n_adv")
@@ -185,13 +186,14 @@ def _aggregate_columns(summaries: Sequence[SummaryRecord], dataset_cols: Sequenc
         "nat_adv": ", ".join(by_role.get("nat-adv", [])) or "none",
         "autoattack": _attack_text(summaries),
     }
+    titles = {"autoattack": summaries_robust_title([s.data for s in summaries], "AutoAttack")}
     cols = []
     for key, title, fallback in AGGREGATES:
         recorded = _distinct([(s.data.get("protocol") or {}).get("definitions", {}).get(key) for s in summaries])
         definition = " | ".join(map(str, recorded)) if recorded else fallback
         if key in used:
             definition += f"; here: {used[key]}"
-        cols.append(Column(key, title, "aggregate", definition))
+        cols.append(Column(key, titles.get(key, title), "aggregate", definition))
     return cols
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from grace_bench.attacks.naming import describe_attack, summaries_robust_title
 from grace_bench.errors import UserError
 from grace_bench.leaderboard.build import AGGREGATES, GEOMETRY, MISSING, ROLE_ORDER
 from grace_bench.leaderboard.collect import (
@@ -316,10 +317,12 @@ def _suite_order(suites: Sequence[str]) -> list[str]:
     return order
 
 
-def column_title(key: str) -> str:
-    """Header text of a column key."""
+def column_title(key: str, rows: Sequence[MethodRow] = ()) -> str:
+    """Header text of a column key; the robust column names the attack the ``rows`` recorded."""
     if key.startswith(DATASET_PREFIX):
         return key[len(DATASET_PREFIX):]
+    if key == "autoattack" and rows:
+        return summaries_robust_title([s.data for r in rows for s in r.summaries], TITLES[key])
     return TITLES.get(key, key)
 
 
@@ -361,7 +364,7 @@ def method_markdown(
     """A Markdown table: method, ``lead_columns``, n, then ``columns`` (keys as in ``MethodRow.stat`` plus
     ``hm_of_means``), then ``extra_columns``; a lead/extra column is (title, {label: cell text}). Below the
     table come the notes: how cells read, the HM definition when HM is shown, then ``notes``."""
-    head = ["method", *[t for t, _ in lead_columns], "n", *[column_title(c) for c in columns],
+    head = ["method", *[t for t, _ in lead_columns], "n", *[column_title(c, rows) for c in columns],
             *[t for t, _ in extra_columns]]
     lines = [f"## {title}", ""] if title else []
     lines.append("| " + " | ".join(_escape(h) for h in head) + " |")
@@ -403,8 +406,9 @@ def protocol_text(protocol: Mapping[str, Any]) -> str:
     if attack == "none":
         adv = "no attack (Robust and Adv not measured)"
     else:
-        adv = f"{attack} {protocol.get('norm') or ''} ε={protocol.get('eps') or '?'} on n={protocol.get('n_adv')} ID " \
-              "images"
+        shown = describe_attack(attack) if not str(attack).startswith("mixed") else attack
+        adv = f"{shown} ({attack}) {protocol.get('norm') or ''} ε={protocol.get('eps') or '?'} on " \
+              f"n={protocol.get('n_adv')} ID images"
         adv = " ".join(adv.split())
     text = f"Protocol (from the summaries): suite {suite}; Robust = {adv}; Adv = mean(Robust, Nat-adv)"
     if protocol.get("limit") is not None:

@@ -294,6 +294,18 @@ def _cka(args: argparse.Namespace, out: Path) -> list[Path]:
 # --- summaries -------------------------------------------------------------------------------------------
 
 
+def _protocol_with_attack(summary: SummaryRecord) -> dict[str, Any]:
+    """The summary's protocol plus ``attack_label``: the attack as its results recorded it (APGD-CE 1×100)."""
+    from grace_bench.attacks.naming import describe_attack, summary_attack_entries
+
+    labels = []
+    for entry in summary_attack_entries(summary.data):
+        label = describe_attack(entry, short=True)
+        if label not in labels:
+            labels.append(label)
+    return {**summary.protocol, **({"attack_label": " | ".join(labels)} if labels else {})}
+
+
 def _unique_summary_labels(summaries: list[SummaryRecord]) -> list[str]:
     names = [s.label for s in summaries]
     return [f"{n} ({s.fp12[:7]})" if names.count(n) > 1 else n for n, s in zip(names, summaries)]
@@ -311,7 +323,7 @@ def _tradeoff(args: argparse.Namespace, out: Path) -> list[Path]:
             skipped.append(name)
             continue
         points[name] = {"id": agg["id"], "ood": agg["ood_avg"], "adv": agg["adv"]}
-        protos.append(s.protocol)
+        protos.append(_protocol_with_attack(s))
     if not points:
         raise UserError("no summary has all of ID, OOD avg and Adv; run `grace-bench eval` with an attack")
     if skipped:
@@ -353,7 +365,7 @@ def _wise(args: argparse.Namespace, out: Path) -> list[Path]:
             raise UserError(f"two summaries have WiSE-FT alpha={alpha:g} ({curve[alpha]['path']}, {s.path}); pass one")
         curve[alpha] = {"id": as_float(agg["id"]), "ood": as_float(agg["ood_avg"]), "adv": as_float(agg.get("adv")),
                         "path": s.path}
-        protos.append(s.protocol)
+        protos.append(_protocol_with_attack(s))
     if len(curve) < 2:
         raise UserError("need summaries of at least two WiSE-FT checkpoints (with 'alpha'); "
                         "run `grace-bench wise ZS FT --alpha 0:1:0.1` and evaluate them")

@@ -18,6 +18,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from grace_bench.attacks.naming import describe_attack, is_no_attack
 from grace_bench.errors import UserError
 from grace_bench.leaderboard.collect import format_eps
 from grace_bench.utils.atomic import atomic_path
@@ -123,7 +124,7 @@ def method_styles(labels: Iterable[str]) -> dict[str, dict[str, Any]]:
 _NORMS = {"linf": "ℓ∞", "l_inf": "ℓ∞", "inf": "ℓ∞", "l2": "ℓ2", "l1": "ℓ1"}
 # (protocol key candidates, renderer) in title order.
 _TITLE_FIELDS: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("attack",), "{}"),
+    (("attack_label", "attack"), "{}"),
     (("norm",), "{}"),
     (("eps", "epsilon"), "ε={}"),
     (("n_adv",), "n_adv={}"),
@@ -149,7 +150,13 @@ def _find_key(obj: Any, keys: Sequence[str]) -> Any:
     return None
 
 
+# Fields that describe a threat model: left out of a protocol whose attack is ``none``.
+_THREAT_KEYS = ("norm", "eps", "n_adv")
+
+
 def _render_value(key: str, value: Any) -> str:
+    if key == "attack_label":  # a recorded label reads as is; an attack spec is spelled out (APGD-CE 1×100)
+        return describe_attack(str(value), short=True)
     if key in ("eps", "epsilon"):
         return format_eps(value) or str(value)
     if key == "norm":
@@ -162,6 +169,9 @@ def _render_value(key: str, value: Any) -> str:
 def protocol_text(protocols: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> str:
     """One line stating the protocol (attack, norm, ε, n, dataset/suite, seed) found in ``protocols``.
 
+    The attack reads as recorded (``attack_label`` when given, else described from ``attack``, e.g.
+    ``APGD-CE 1×100``); a protocol whose attack is ``none`` reads ``no attack`` and states no threat model.
+
     With several protocols, a field whose values differ is shown as ``{a | b} (mixed)``, and one that only
     some of them record is marked ``(some)``.
     """
@@ -170,9 +180,12 @@ def protocol_text(protocols: Mapping[str, Any] | Sequence[Mapping[str, Any]] | N
     if isinstance(protocols, Mapping):
         protocols = [protocols]
     parts = []
+    no_attack = [is_no_attack(_find_key(proto, ("attack",))) for proto in protocols]
     for keys, fmt in _TITLE_FIELDS:
         values, present = [], 0
-        for proto in protocols:
+        for proto, nothing_ran in zip(protocols, no_attack):
+            if nothing_ran and keys[0] in _THREAT_KEYS:
+                continue
             v = _find_key(proto, keys)
             if v is not None:
                 present += 1

@@ -119,7 +119,7 @@ def plot_tradeoff(
     return fig
 
 
-RADAR_AXES = (("id", "ID"), ("ood_avg", "OOD avg"), ("nat_adv", "Nat-adv"), ("autoattack", "AutoAttack"),
+RADAR_AXES = (("id", "ID"), ("ood_avg", "OOD avg"), ("nat_adv", "Nat-adv"), ("autoattack", "Robust"),
               ("adv", "Adv"), ("hm", "HM"))
 
 
