@@ -59,7 +59,7 @@ def test_eval_without_attack_keeps_the_earlier_robust_result(tiny_clip, tmp_path
     for summary in (second, saved):
         assert summary["adversarial"]["micro"]["robust_acc"] == robust
         assert summary["aggregates"]["adv"] == first["aggregates"]["adv"]
-        assert summary["protocol"]["attack"] == "pgd[steps=1]" and summary["protocol"]["n_adv"] == 8
+        assert summary["protocol"]["attack"] == "pgd[steps=1,step=1/255]" and summary["protocol"]["n_adv"] == 8
         kinds = sorted(r["kind"] for r in summary["results"].values())
         assert kinds == ["adversarial"] + ["clean"] * 4
     # the leaderboard and the trade-off figure still see Adv
