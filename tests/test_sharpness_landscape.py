@@ -244,6 +244,20 @@ def test_interpolation_endpoints():
         interpolation(net, (x, y), state0, {"0.weight": torch.zeros(1)}, [0.0])
 
 
+def test_interpolation_with_the_live_state_dict_as_an_endpoint():
+    """float32, as in the CLI: ``state1`` is the model's own state dict, whose tensors are the live weights."""
+    net, x, y = _mlp(0)
+    net1, _, _ = _mlp(1)
+    net, net1, x = net.float(), net1.float(), x.float()
+    state0 = _snapshot(net1)
+    own = loss_and_accuracy(net, [(x, y)])[0]
+    res = interpolation(net, (x, y), state0, net.state_dict(), [0.0, 0.3, 1.0])
+    mixed, _, _ = _mlp(2)
+    mixed.float().load_state_dict({k: 0.7 * v + 0.3 * net.state_dict()[k] for k, v in state0.items()})
+    expected = [loss_and_accuracy(net1, [(x, y)])[0], loss_and_accuracy(mixed, [(x, y)])[0], own]
+    np.testing.assert_allclose(res["loss"], expected, rtol=1e-5)
+
+
 def test_parse_range():
     assert parse_range("-1:1:3") == [-1.0, 0.0, 1.0]
     assert parse_range("0,0.5") == [0.0, 0.5]

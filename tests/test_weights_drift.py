@@ -183,6 +183,35 @@ def test_cli_landscape_interpolation(cli, micro_checkpoints):
     assert data["loss_at_origin"] == pytest.approx(float(arrays["loss"][0]))
 
 
+def test_cli_interpolation_matches_each_checkpoint_and_a_hand_built_mix(cli, micro_checkpoints):
+    """Endpoints equal each checkpoint's own loss; an interior alpha equals a separately loaded mixture."""
+    from grace_bench.data.suites import get_suite
+    from grace_bench.eval.context import classifier_for
+    from grace_bench.geometry.losses import fixed_subset, loss_and_accuracy
+    from grace_bench.models.checkpoints import load_checkpoint
+
+    tuned, ref, _, _ = micro_checkpoints
+    assert cli("landscape", tuned, "--ref", ref, "--mode", "interp", "--n", "16", "--range", "0,0.4,1") == 0
+    _, arrays = _result(cli.out, "landscape")
+    suite = get_suite("micro")
+    spec = suite.dataset("micro")
+    batches = fixed_subset(spec.load(None), 16, 64, seed=0)
+    tuned_clip, ref_clip = load_checkpoint(tuned), load_checkpoint(ref)
+    head_clf = classifier_for(tuned_clip, suite, spec)  # the zero-shot head stays the checkpoint's along the path
+
+    def loss_with(state: dict) -> float:
+        model = load_checkpoint(tuned).model
+        model.load_state_dict(state)
+        clf = type(head_clf)(model, head_clf.head, tuned_clip.mean, tuned_clip.std).eval()
+        return loss_and_accuracy(clf, batches)[0]
+
+    s0, s1 = ref_clip.model.state_dict(), tuned_clip.model.state_dict()
+    mix = {k: (0.6 * s0[k] + 0.4 * s1[k]) if v.is_floating_point() else v for k, v in s1.items()}
+    expected = [loss_with(s0), loss_with(mix), loss_and_accuracy(head_clf, batches)[0]]
+    np.testing.assert_allclose(arrays["loss"], expected, rtol=1e-5)
+    assert len(set(np.round(arrays["loss"], 6))) == 3  # not a flat line
+
+
 def test_cli_features(cli, micro_checkpoints):
     tuned, ref, _, _ = micro_checkpoints
     assert cli("features", tuned, "--ref", ref, "--n", "24", "--batch-size", "12", "--ood", "micro-v2",

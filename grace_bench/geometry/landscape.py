@@ -278,6 +278,7 @@ def interpolation(
     """Loss/accuracy of ``(1 - a) * state0 + a * state1`` loaded into ``module`` (default ``model``).
 
     Both state dicts must hold every floating-point entry of ``module.state_dict()`` with the same shape.
+    They are copied first, so either may be ``module.state_dict()`` itself (whose tensors are the live weights).
     """
     module = module if module is not None else model
     target = {k: v for k, v in module.state_dict().items() if v.is_floating_point()}
@@ -287,8 +288,9 @@ def interpolation(
                 raise UserError(f"{which} weights lack {name} (or its shape differs); interpolate checkpoints "
                                 "of the same architecture")
     keys = sorted(target)
-    w0 = [state0[k].detach().to(target[k].device, torch.float32) for k in keys]
-    w1 = [state1[k].detach().to(target[k].device, torch.float32) for k in keys]
+    # copies: a state dict shares storage with the live weights, which every grid point overwrites
+    w0 = [_endpoint(state0[k], target[k]) for k in keys]
+    w1 = [_endpoint(state1[k], target[k]) for k in keys]
     saved = [target[k].detach().clone() for k in keys]
     batches = as_batches(data, device=next(iter(target.values())).device)
 
@@ -313,6 +315,12 @@ def interpolation(
     )
     return {"axes": [axis], "loss": loss, "accuracy": acc, "done": done, "complete": bool(done.all()),
             "meta": full_meta}
+
+
+def _endpoint(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A private copy of an endpoint entry on ``like``'s device, in at least float32."""
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    return value.detach().to(device=like.device, dtype=dtype, copy=True)
 
 
 def parse_range(text: str) -> list[float]:
