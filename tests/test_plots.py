@@ -128,6 +128,32 @@ def test_layer_curvature_bars(tmp_path):
     assert ax.get_xlabel() == "layer" and "κ" in ax.get_ylabel()
 
 
+def test_curvature_figure_keeps_network_order(tmp_path, capsys):
+    """The tool writes JSON with sorted keys; the figure must follow the recorded ``layer_names`` instead."""
+    from grace_bench.plots.cli import _layer_curvature, network_order
+    from grace_bench.utils.atomic import atomic_write_json
+
+    layers = ["visual.conv1"] + [f"visual.transformer.resblocks.{i}" for i in range(12)] + ["visual.ln_post"]
+    record = {"schema": "grace-bench/geometry/v1", "kind": "hessian", "label": "ft",
+              "checkpoint": {"spec": "runs/ft", "fingerprint": fingerprint("ft")},
+              "per_layer_curvature": {n: float(i + 1) for i, n in enumerate(layers)}, "layer_names": layers}
+    path = tmp_path / "res" / f"geometry-hessian-{fingerprint('ft')[:12]}.json"
+    path.parent.mkdir()
+    atomic_write_json(path, record)
+    assert list(json.loads(path.read_text())["per_layer_curvature"]) != layers  # sorted on disk
+    from grace_bench.leaderboard.collect import load_geometry
+
+    (rec,) = load_geometry(path.parent, "hessian")
+    assert list(_layer_curvature(rec)) == layers
+    out = tmp_path / "fig"
+    assert _plot(["curvature", str(path.parent), "--out", str(out), "--format", "png"]) == 0
+    fig = plot_layer_curvature({"ft": _layer_curvature(rec)})
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks == ["conv1"] + [f"transformer.resblocks.{i}" for i in range(12)] + ["ln_post"]
+    # without recorded names the numbers inside names are still compared as numbers
+    assert network_order(["b.10", "b.2", "a"], None) == ["a", "b.2", "b.10"]
+
+
 def test_cka_heatmaps(tmp_path):
     m = np.array([[1.0, 0.5, 0.2], [0.4, 0.9, 0.3], [0.1, 0.3, 0.8]])
     names = [f"visual.transformer.resblocks.{i}" for i in range(3)]
@@ -214,7 +240,8 @@ def test_training_curves_and_log_reader(tmp_path):
     lines.insert(5, json.dumps({"event": "done", "what": "x"}))  # no step: ignored
     lines.insert(12, json.dumps({"step": 10, "val_acc": 0.5, "val_n": 40}))
     log.write_text("\n".join(lines) + '\n{"step": 20, "lo')  # torn last line from a killed run
-    recs = read_log_jsonl(log)
+    with pytest.warns(UserWarning, match=r"log.jsonl:23 is cut off"):
+        recs = read_log_jsonl(log)
     assert len(recs) == 22
     fig = plot_training_curves({"ft": recs}, protocol={"suite": "micro", "seed": 0}, out=tmp_path / "train",
                                formats=PNG)
@@ -228,6 +255,63 @@ def test_training_curves_and_log_reader(tmp_path):
     bad.write_text('{"step": 1, "loss": 1}\n{oops\n{"step": 2, "loss": 1}\n')
     with pytest.raises(UserError, match="bad.jsonl:2"):
         read_log_jsonl(bad)
+
+
+@pytest.mark.parametrize("content, line, why", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe\n", 1, "not UTF-8"),  # a binary file
+    (b'{"step": 1, "loss": 1}\n[1, 2]\n{"step": 2, "loss": 1}\n', 2, "JSON list, not an object"),
+    (b'{"step": 1, "loss": 1}\n{"step": 2, "loss"\n{"step": 3, "loss": 1}\n', 2, "not JSON"),
+    (b'{"step": 1, "loss": 1}\n\xff\xfe garbage', 2, "not UTF-8"),  # a garbled last line is not a torn record
+])
+def test_garbled_training_log_is_a_one_line_error(tmp_path, capsys, content, line, why):
+    from grace_bench.cli import main
+
+    log = tmp_path / "runs" / "ft" / "log.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_bytes(content)
+    with pytest.raises(UserError, match=f"log.jsonl:{line} is .*{why}"):
+        read_log_jsonl(log)
+    assert main(["plot", "training", str(log.parent), "--out", str(tmp_path / "fig")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and f"{log}:{line}" in err and "delete" in err
+    assert not (tmp_path / "fig").exists()
+
+
+def _drawn_pixels(fig, ax, color) -> int:
+    """Pixels inside ``ax`` within a small distance of ``color`` once the figure is rendered."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import to_rgb
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    img = np.asarray(canvas.buffer_rgba())[..., :3].astype(float) / 255
+    box = ax.get_window_extent()
+    height = img.shape[0]
+    crop = img[int(height - box.y1):int(height - box.y0), int(box.x0):int(box.x1)]
+    return int((np.abs(crop - np.asarray(to_rgb(color))).max(axis=-1) < 0.1).sum())
+
+
+def test_training_figure_of_a_short_run_at_default_log_every(tmp_path):
+    """A 6-step run logs its loss once (at the last step): every panel must still show that point."""
+    from grace_bench.finetune.config import FinetuneConfig
+    from grace_bench.finetune.trainer import train
+    from tests.test_trainer import fresh_clip, tiny_data
+
+    assert FinetuneConfig().log_every > 6  # the default logs less often than this run has steps
+    cfg = FinetuneConfig(method="ft", base="tiny-clip", suite="micro", out=str(tmp_path / "runs" / "ft"), max_steps=6,
+                         batch_size=8, lr=1e-3, warmup_steps=2, progress=False, val_max_samples=16)
+    data = tiny_data(16)
+    train(cfg, clip=fresh_clip(), train_data=data, val_data=data)
+    out = tmp_path / "fig"
+    assert _plot(["training", str(tmp_path / "runs"), "--out", str(out), "--format", "png"]) == 0
+    assert_png(out / "training.png")
+    fig = plot_training_curves({"ft": read_log_jsonl(tmp_path / "runs" / "ft" / "log.jsonl")})
+    color = method_styles(["ft"])["ft"]["color"]
+    for ax in fig.axes[:4]:
+        (line,) = ax.lines
+        assert np.isfinite(line.get_ydata()).all() and len(line.get_xdata()) >= 1
+        assert _drawn_pixels(fig, ax, color) > 20, ax.get_ylabel()  # visible, not a zero-length line
+    assert list(fig.axes[3].lines[0].get_xdata()) == [2, 4, 6]  # each epoch end; the last one is logged twice
 
 
 def test_style_is_consistent():

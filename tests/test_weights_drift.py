@@ -48,6 +48,15 @@ def test_weight_drift_by_hand():
         weight_drift({"a": torch.zeros(2)}, {"a": torch.zeros(3)})
 
 
+def test_weight_drift_layers_keep_network_order():
+    names = ["visual.conv1.weight"] + [f"visual.transformer.resblocks.{i}.attn.in_proj_weight" for i in range(12)] \
+        + ["visual.ln_post.weight", "logit_scale"]
+    state = {n: torch.full((2,), float(i + 1)) for i, n in enumerate(names)}
+    ref = {n: torch.ones(2) for n in reversed(names)}
+    layers = list(weight_drift(state, ref)["layers"])
+    assert layers == [layer_of(n) for n in names]  # resblocks.2 before resblocks.10, ln_post after the blocks
+
+
 def test_tower_and_layer_names():
     assert tower_of("model.visual.proj") == "vision"
     assert tower_of("positional_embedding") == "text" and tower_of("visual.positional_embedding") == "vision"
