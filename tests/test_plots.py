@@ -54,6 +54,17 @@ def assert_png(path):
         assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
 
 
+def assert_label_inside(fig, text) -> None:
+    """``text`` is drawn and lies wholly inside the figure (not cut off at any edge)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    box, frame = text.get_window_extent(canvas.get_renderer()), fig.bbox
+    assert text.get_text() and box.width > 0 and box.height > 0
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, (box, frame)
+
+
 def title(fig) -> str:
     return fig._suptitle.get_text()
 
@@ -166,6 +177,13 @@ def test_cka_heatmaps(tmp_path):
     assert mesh.get_clim() == (0.0, 1.0)
     assert ax.get_ylabel() == "layer of grace" and ax.get_xlabel() == "layer of zero-shot"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "2"]
+    for rows in (1, 3, 13):  # a long measure name: the wrapped colorbar label stays inside the figure
+        names = [f"visual.transformer.resblocks.{i}" for i in range(rows)]
+        fig = plot_cka_layers(np.full((rows, rows), 0.5), names, label="grace", ref_label="zero-shot",
+                              measure="minibatch linear CKA (unbiased HSIC), final embedding", out=tmp_path / "long",
+                              formats=PNG)
+        assert_label_inside(fig, fig.axes[1].yaxis.label)
+        assert "HSIC" in fig.axes[1].get_ylabel()
     mm = np.array([[1.0, 0.7], [0.7, 1.0]])
     fig = plot_cka_methods(mm, ["zero-shot", "grace"], protocol=PROTO, out=tmp_path / "ckam", formats=PNG)
     assert_png(tmp_path / "ckam.png")

@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from grace_bench.errors import UserError
 from grace_bench.plots.style import FORMATS, figure_style, new_figure, save_figure, set_title, short_layer_names
+
+
+def fit_colorbar_label(fig: Figure, cbar_ax: Axes, text: str) -> None:
+    """Label the colorbar with ``text``, wrapped onto as few lines as keep it within the bar's height."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # a renderer to measure with (the figure keeps no canvas of its own)
+    for width in range(len(text), 11, -3):
+        cbar_ax.set_ylabel("\n".join(textwrap.wrap(text, width=width, break_on_hyphens=False)))
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        if cbar_ax.yaxis.label.get_window_extent(renderer).height <= cbar_ax.get_window_extent(renderer).height:
+            return
 
 
 def plot_cka_matrix(
@@ -54,7 +69,7 @@ def plot_cka_matrix(
             square=m.shape[0] == m.shape[1],
             xticklabels=list(col_labels),
             yticklabels=list(row_labels),
-            cbar_kws={"label": f"{measure} (unitless, 0–1)", "shrink": 0.85},
+            cbar_kws={"shrink": 0.85},
             mask=~np.isfinite(m),
         )
         ax.grid(False)
@@ -65,6 +80,7 @@ def plot_cka_matrix(
         for tick in ax.get_xticklabels():
             tick.set_horizontalalignment("right")
         set_title(fig, title, protocol)
+        fit_colorbar_label(fig, ax.collections[0].colorbar.ax, f"{measure} (unitless, 0–1)")
         save_figure(fig, out, formats)
     return fig
 

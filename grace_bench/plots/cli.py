@@ -281,8 +281,9 @@ def _cka(args: argparse.Namespace, out: Path) -> list[Path]:
             if (len(rows), len(cols)) != matrix.shape:
                 raise UserError(f"{rec.path}: layer names do not match the CKA matrix {matrix.shape}; re-run it")
             stem = out / f"cka-layers-{slug(name)}"
+            # cka_kind describes cka_to_ref ("..., final embedding"); every cell here is a pair of layers
             plot_cka_layers(matrix, rows, cols, label=name, ref_label=ref, protocol=rec.config,
-                            measure=measure, out=stem, formats=_formats(args))
+                            measure=measure.removesuffix(", final embedding"), out=stem, formats=_formats(args))
             written += _written(stem, args)
         value = geometry_value({"features": rec}, "cka_to_ref")
         if value is not None:
