@@ -419,6 +419,24 @@ def test_cli_training_and_errors(results, tmp_path):
         _plot(["histogram", str(results)])
 
 
+@pytest.mark.parametrize("target, damage", [
+    ("json", b"\x89PNG\r\n\x1a\n\xff\xfe binary"),  # not UTF-8
+    ("json", b'{"schema": "grace-bench/geo'),  # torn
+    ("npz", b""),
+    ("npz", b"\x00\x01 not an archive " * 20),
+    ("npz", "truncated"),
+])
+def test_cli_corrupt_result_files_are_one_line_errors(results, tmp_path, capsys, target, damage):
+    from grace_bench.cli import main
+
+    (path,) = results.glob(f"geometry-hessian-{fingerprint('ft')[:12]}.{target}")
+    path.write_bytes(path.read_bytes()[:200] if damage == "truncated" else damage)
+    assert main(["plot", "spectrum", str(results), "--out", str(tmp_path / "fig")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and str(path) in err
+    assert "delete it" in err and "re-run" in err
+
+
 def test_readers_accept_flat_and_library_layouts(results):
     """ft is written in grace_bench.geometry's nested layout, grace in the flat one: same data comes out."""
     from grace_bench.leaderboard.collect import load_geometry

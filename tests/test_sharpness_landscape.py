@@ -231,6 +231,35 @@ def test_directions_roundtrip_and_validation(tmp_path):
         load_directions(path, select_params(other, "all"), 2)
 
 
+def _corrupt_npz_variants(good: bytes) -> dict[str, bytes]:
+    """An NPZ's bytes damaged the ways a disk or a kill can: empty, truncated, garbage, flipped bytes."""
+    flipped = bytearray(good)
+    for i in range(17, len(good), 37):
+        flipped[i] ^= 0xFF
+    return {"empty": b"", "truncated": good[: len(good) // 2], "garbage": b"\x00\x01 not an archive " * 20,
+            "flipped": bytes(flipped)}
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "flipped"])
+def test_corrupt_directions_and_grid_cache_are_one_line_errors(tmp_path, damage):
+    net, x, y = _mlp()
+    params = select_params(net, "all")
+    dirs = [filter_normalized_direction(params, seed=0)]
+    path = tmp_path / "dirs.npz"
+    save_directions(path, dirs)
+    path.write_bytes(_corrupt_npz_variants(path.read_bytes())[damage])
+    with pytest.raises(UserError, match=r"dirs.npz .*--fresh") as err:
+        load_directions(path, params, 1)
+    assert "\n" not in str(err.value)
+    cache = tmp_path / "grid.npz"
+    landscape(net, (x, y), params, dirs, [[-0.5, 0.0, 0.5]], cache_path=cache, max_points=1)
+    cache.write_bytes(_corrupt_npz_variants(cache.read_bytes())[damage])
+    with pytest.raises(UserError, match=r"grid.npz has unreadable .*--fresh"):
+        landscape(net, (x, y), params, dirs, [[-0.5, 0.0, 0.5]], cache_path=cache)
+    redone = landscape(net, (x, y), params, dirs, [[-0.5, 0.0, 0.5]], cache_path=cache, on_mismatch="recompute")
+    assert redone["complete"]
+
+
 def test_interpolation_endpoints():
     net, x, y = _mlp(0)
     net1, _, _ = _mlp(1)

@@ -132,6 +132,21 @@ def test_cli_weights(cli, micro_checkpoints, capsys):
     assert "--ref" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage", [b"\x89PNG\r\n\x1a\n\xff\xfe", b'{"config_hash": "ab', b"[1, 2]"])
+def test_cli_corrupt_earlier_result_is_a_one_line_error(cli, micro_checkpoints, capsys, damage):
+    tuned, ref, _, _ = micro_checkpoints
+    assert cli("weights", tuned, "--ref", ref) == 0
+    (path,) = cli.out.glob("geometry-weights-*.json")
+    path.write_bytes(damage)
+    capsys.readouterr()
+    assert cli("weights", tuned, "--ref", ref) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and str(path) in err and "--force" in err
+    assert path.read_bytes() == damage  # left for the user to look at
+    assert cli("weights", tuned, "--ref", ref, "--force") == 0
+    assert json.loads(path.read_text())["kind"] == "weights"
+
+
 def test_cli_hessian(cli, micro_checkpoints, capsys):
     tuned, _, _, _ = micro_checkpoints
     assert cli("hessian", tuned, "--n", "16", "--batch-size", "16", "--top-k", "2", "--trace-samples", "4",

@@ -205,8 +205,11 @@ def _up_to_date(path: Path, config: dict, force: bool) -> bool:
 
     try:
         old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
+        raise UserError(f"{path} is not a readable result ({type(exc).__name__}); delete it or pass --force to "
+                        "recompute it") from exc
+    if not isinstance(old, dict):
+        raise UserError(f"{path} holds a JSON {type(old).__name__}, not a result; delete it or pass --force")
     if old.get("config_hash") == _hash(config):
         return True
     raise UserError(f"{path} holds a result with other settings; pass --force to overwrite it or use another --out")

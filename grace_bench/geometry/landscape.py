@@ -37,6 +37,7 @@ from grace_bench.geometry.losses import (
     loss_and_accuracy,
 )
 from grace_bench.utils.atomic import atomic_path
+from grace_bench.utils.npz import NPZ_READ_ERRORS, load_npz
 
 Direction = dict[str, torch.Tensor]
 OnMismatch = Literal["error", "recompute"]
@@ -89,20 +90,19 @@ def save_directions(path: str | Path, directions: Sequence[Direction], meta: dic
 
 def load_directions(path: str | Path, params: NamedParams, count: int) -> list[Direction]:
     """Read ``count`` directions saved by ``save_directions``; refuse ones that do not fit ``params``."""
-    with np.load(path, allow_pickle=False) as z:
-        files = set(z.files)
-        out = []
-        for i in range(count):
-            d: Direction = {}
-            for name, p in params:
-                key = f"d{i}/{name}"
-                if key not in files or tuple(z[key].shape) != tuple(p.shape):
-                    raise UserError(
-                        f"saved directions {path} do not match the model ({key} missing or reshaped); "
-                        "delete the file or pass --fresh"
-                    )
-                d[name] = torch.from_numpy(z[key].copy())
-            out.append(d)
+    arrays = load_npz(path, fix="delete the file or pass --fresh to draw new directions")
+    out = []
+    for i in range(count):
+        d: Direction = {}
+        for name, p in params:
+            key = f"d{i}/{name}"
+            if key not in arrays or tuple(arrays[key].shape) != tuple(p.shape):
+                raise UserError(
+                    f"saved directions {path} do not match the model ({key} missing or reshaped); "
+                    "delete the file or pass --fresh"
+                )
+            d[name] = torch.from_numpy(arrays[key].copy())
+        out.append(d)
     return out
 
 
@@ -128,8 +128,10 @@ class GridCache:
             with np.load(self.path, allow_pickle=False) as z:
                 cached_meta = json.loads(str(z["meta_json"]))
                 loss, acc, done = z["loss"], z["accuracy"], z["done"]
-        except (OSError, ValueError, KeyError) as exc:
-            return self._mismatch(f"unreadable ({type(exc).__name__})", empty)
+        except NPZ_READ_ERRORS as exc:  # an empty, torn or garbled file
+            return self._mismatch(f"unreadable contents ({type(exc).__name__})", empty)
+        if not isinstance(cached_meta, dict):
+            return self._mismatch("unreadable metadata", empty)
         if cached_meta != self.meta:
             keys = sorted(k for k in set(cached_meta) | set(self.meta) if cached_meta.get(k) != self.meta.get(k))
             return self._mismatch(f"different {', '.join(keys)}", empty)
