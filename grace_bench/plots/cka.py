@@ -21,12 +21,18 @@ def fit_colorbar_label(fig: Figure, cbar_ax: Axes, text: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)  # a renderer to measure with (the figure keeps no canvas of its own)
-    for width in range(len(text), 11, -3):
-        cbar_ax.set_ylabel("\n".join(textwrap.wrap(text, width=width, break_on_hyphens=False)))
+    width = len(text)
+    while True:
+        lines = textwrap.wrap(text, width=width, break_on_hyphens=False)
+        cbar_ax.set_ylabel("\n".join(lines))
         canvas.draw()
         renderer = canvas.get_renderer()
-        if cbar_ax.yaxis.label.get_window_extent(renderer).height <= cbar_ax.get_window_extent(renderer).height:
+        label_h = cbar_ax.yaxis.label.get_window_extent(renderer).height
+        bar_h = cbar_ax.get_window_extent(renderer).height
+        if label_h <= bar_h or width <= 12:
             return
+        # the rotated label's height is its longest line: shrink the lines in proportion, at least by 3 characters
+        width = max(12, min(width - 3, int(max(map(len, lines)) * bar_h / label_h)))
 
 
 def plot_cka_matrix(
