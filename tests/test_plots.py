@@ -86,6 +86,22 @@ def test_landscape_1d(tmp_path):
         plot_landscape_1d({"x": {"alpha": a, "loss": a[:3]}})
 
 
+def test_percent_ticks_stay_distinct_on_a_narrow_range():
+    """Accuracy between 88.3% and 89.8%: whole-percent labels would repeat (88, 89, 89, ...)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    a = np.linspace(0, 1, 7)
+    acc = np.array([0.8828, 0.8906, 0.8906, 0.8984, 0.8828, 0.8828, 0.8906])
+    fig = plot_landscape_1d({"ft": {"alpha": a, "loss": 1 - a / 2, "acc": acc}})
+    FigureCanvasAgg(fig).draw()
+    ax = fig.axes[1]
+    lo, hi = ax.get_ylim()
+    shown = [(t.get_text(), v) for t, v in zip(ax.get_yticklabels(), ax.get_yticks()) if lo <= v <= hi]
+    labels = [text for text, _ in shown]
+    assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+    assert all(float(text) == pytest.approx(100 * v, abs=0.01) for text, v in shown)  # percent, no % sign
+
+
 def test_landscape_2d_and_3d(tmp_path):
     x, y = np.linspace(-1, 1, 9), np.linspace(-1, 1, 7)
     xx, yy = np.meshgrid(x, y, indexing="ij")

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, PercentFormatter
+from matplotlib.ticker import MaxNLocator
 
 from grace_bench.errors import UserError
 from grace_bench.plots.style import (
@@ -19,6 +19,7 @@ from grace_bench.plots.style import (
     figure_style,
     method_styles,
     new_figure,
+    percent_formatter,
     save_figure,
     set_title,
 )
@@ -136,11 +137,12 @@ def plot_training_curves(
         last = max(float(steps.max()) for series in parsed.values() for steps, _ in series.values())
         axes[0].set_xlim(0, last * 1.04 + 0.5)  # shared by every panel; room for the markers at the last step
         axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
-        if log_loss and all((s["loss"][1] > 0).all() for s in parsed.values()):
+        losses = np.concatenate([s["loss"][1] for s in parsed.values()])
+        if log_loss and losses.min() > 0 and losses.max() / losses.min() >= 10:  # a log axis when it spans a decade
             axes[0].set_yscale("log")
         axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         if len(panels) == 4:
-            axes[3].yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None, symbol=""))
+            axes[3].yaxis.set_major_formatter(percent_formatter())
         fig.legend(loc="outside right center")
         set_title(fig, title, protocol)
         save_figure(fig, out, formats)
