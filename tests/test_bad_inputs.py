@@ -32,7 +32,6 @@ from tests.test_leaderboard import METHODS, fingerprint, summary_dict
 # delete this set after merging those branches; a case in it that passes makes the test fail (strict xfail).
 PENDING_OTHER_BRANCH: dict[str, str] = {
     "finetune-corrupt-config-on-resume": "helper D: a corrupt config.json on finetune --resume is one line",
-    "plot-garbled-training-log": "helper C: a garbled log.jsonl line is an error for plot training",
 }
 
 LOCK_SUFFIXES = (".lock",)

@@ -83,6 +83,17 @@ def test_layer_features_and_hooks_removed(tiny_classifier):
         torch.testing.assert_close(feats["embedding"], tiny_classifier.image_features(x))
 
 
+def test_hooked_features_are_copies_not_views_of_block_outputs(tiny_classifier):
+    """A CLS slice is a view of the block's (B, L, D) output: stored as is it would keep every output alive
+    and change with it."""
+    x = torch.rand(3, 3, 16, 16)
+    with resblock_hooks(tiny_classifier, [3]) as store, torch.no_grad():
+        tiny_classifier(x)
+    for name, (t,) in store.items():
+        assert t.shape == (3, 32)
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), name
+
+
 def test_hooks_removed_when_forward_fails(tiny_classifier):
     blocks = tiny_classifier.model.visual.transformer.resblocks
     with pytest.raises(RuntimeError):

@@ -54,6 +54,17 @@ def assert_png(path):
         assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
 
 
+def assert_label_inside(fig, text) -> None:
+    """``text`` is drawn and lies wholly inside the figure (not cut off at any edge)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    box, frame = text.get_window_extent(canvas.get_renderer()), fig.bbox
+    assert text.get_text() and box.width > 0 and box.height > 0
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, (box, frame)
+
+
 def title(fig) -> str:
     return fig._suptitle.get_text()
 
@@ -73,6 +84,22 @@ def test_landscape_1d(tmp_path):
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["ft", "grace"]
     with pytest.raises(UserError, match="lengths differ"):
         plot_landscape_1d({"x": {"alpha": a, "loss": a[:3]}})
+
+
+def test_percent_ticks_stay_distinct_on_a_narrow_range():
+    """Accuracy between 88.3% and 89.8%: whole-percent labels would repeat (88, 89, 89, ...)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    a = np.linspace(0, 1, 7)
+    acc = np.array([0.8828, 0.8906, 0.8906, 0.8984, 0.8828, 0.8828, 0.8906])
+    fig = plot_landscape_1d({"ft": {"alpha": a, "loss": 1 - a / 2, "acc": acc}})
+    FigureCanvasAgg(fig).draw()
+    ax = fig.axes[1]
+    lo, hi = ax.get_ylim()
+    shown = [(t.get_text(), v) for t, v in zip(ax.get_yticklabels(), ax.get_yticks()) if lo <= v <= hi]
+    labels = [text for text, _ in shown]
+    assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+    assert all(float(text) == pytest.approx(100 * v, abs=0.01) for text, v in shown)  # percent, no % sign
 
 
 def test_landscape_2d_and_3d(tmp_path):
@@ -128,6 +155,32 @@ def test_layer_curvature_bars(tmp_path):
     assert ax.get_xlabel() == "layer" and "κ" in ax.get_ylabel()
 
 
+def test_curvature_figure_keeps_network_order(tmp_path, capsys):
+    """The tool writes JSON with sorted keys; the figure must follow the recorded ``layer_names`` instead."""
+    from grace_bench.plots.cli import _layer_curvature, network_order
+    from grace_bench.utils.atomic import atomic_write_json
+
+    layers = ["visual.conv1"] + [f"visual.transformer.resblocks.{i}" for i in range(12)] + ["visual.ln_post"]
+    record = {"schema": "grace-bench/geometry/v1", "kind": "hessian", "label": "ft",
+              "checkpoint": {"spec": "runs/ft", "fingerprint": fingerprint("ft")},
+              "per_layer_curvature": {n: float(i + 1) for i, n in enumerate(layers)}, "layer_names": layers}
+    path = tmp_path / "res" / f"geometry-hessian-{fingerprint('ft')[:12]}.json"
+    path.parent.mkdir()
+    atomic_write_json(path, record)
+    assert list(json.loads(path.read_text())["per_layer_curvature"]) != layers  # sorted on disk
+    from grace_bench.leaderboard.collect import load_geometry
+
+    (rec,) = load_geometry(path.parent, "hessian")
+    assert list(_layer_curvature(rec)) == layers
+    out = tmp_path / "fig"
+    assert _plot(["curvature", str(path.parent), "--out", str(out), "--format", "png"]) == 0
+    fig = plot_layer_curvature({"ft": _layer_curvature(rec)})
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks == ["conv1"] + [f"transformer.resblocks.{i}" for i in range(12)] + ["ln_post"]
+    # without recorded names the numbers inside names are still compared as numbers
+    assert network_order(["b.10", "b.2", "a"], None) == ["a", "b.2", "b.10"]
+
+
 def test_cka_heatmaps(tmp_path):
     m = np.array([[1.0, 0.5, 0.2], [0.4, 0.9, 0.3], [0.1, 0.3, 0.8]])
     names = [f"visual.transformer.resblocks.{i}" for i in range(3)]
@@ -140,6 +193,13 @@ def test_cka_heatmaps(tmp_path):
     assert mesh.get_clim() == (0.0, 1.0)
     assert ax.get_ylabel() == "layer of grace" and ax.get_xlabel() == "layer of zero-shot"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "2"]
+    for rows in (1, 3, 13):  # a long measure name: the wrapped colorbar label stays inside the figure
+        names = [f"visual.transformer.resblocks.{i}" for i in range(rows)]
+        fig = plot_cka_layers(np.full((rows, rows), 0.5), names, label="grace", ref_label="zero-shot",
+                              measure="minibatch linear CKA (unbiased HSIC), final embedding", out=tmp_path / "long",
+                              formats=PNG)
+        assert_label_inside(fig, fig.axes[1].yaxis.label)
+        assert "HSIC" in fig.axes[1].get_ylabel()
     mm = np.array([[1.0, 0.7], [0.7, 1.0]])
     fig = plot_cka_methods(mm, ["zero-shot", "grace"], protocol=PROTO, out=tmp_path / "ckam", formats=PNG)
     assert_png(tmp_path / "ckam.png")
@@ -214,7 +274,8 @@ def test_training_curves_and_log_reader(tmp_path):
     lines.insert(5, json.dumps({"event": "done", "what": "x"}))  # no step: ignored
     lines.insert(12, json.dumps({"step": 10, "val_acc": 0.5, "val_n": 40}))
     log.write_text("\n".join(lines) + '\n{"step": 20, "lo')  # torn last line from a killed run
-    recs = read_log_jsonl(log)
+    with pytest.warns(UserWarning, match=r"log.jsonl:23 is cut off"):
+        recs = read_log_jsonl(log)
     assert len(recs) == 22
     fig = plot_training_curves({"ft": recs}, protocol={"suite": "micro", "seed": 0}, out=tmp_path / "train",
                                formats=PNG)
@@ -228,6 +289,63 @@ def test_training_curves_and_log_reader(tmp_path):
     bad.write_text('{"step": 1, "loss": 1}\n{oops\n{"step": 2, "loss": 1}\n')
     with pytest.raises(UserError, match="bad.jsonl:2"):
         read_log_jsonl(bad)
+
+
+@pytest.mark.parametrize("content, line, why", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe\n", 1, "not UTF-8"),  # a binary file
+    (b'{"step": 1, "loss": 1}\n[1, 2]\n{"step": 2, "loss": 1}\n', 2, "JSON list, not an object"),
+    (b'{"step": 1, "loss": 1}\n{"step": 2, "loss"\n{"step": 3, "loss": 1}\n', 2, "not JSON"),
+    (b'{"step": 1, "loss": 1}\n\xff\xfe garbage', 2, "not UTF-8"),  # a garbled last line is not a torn record
+])
+def test_garbled_training_log_is_a_one_line_error(tmp_path, capsys, content, line, why):
+    from grace_bench.cli import main
+
+    log = tmp_path / "runs" / "ft" / "log.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_bytes(content)
+    with pytest.raises(UserError, match=f"log.jsonl:{line} is .*{why}"):
+        read_log_jsonl(log)
+    assert main(["plot", "training", str(log.parent), "--out", str(tmp_path / "fig")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and f"{log}:{line}" in err and "delete" in err
+    assert not (tmp_path / "fig").exists()
+
+
+def _drawn_pixels(fig, ax, color) -> int:
+    """Pixels inside ``ax`` within a small distance of ``color`` once the figure is rendered."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import to_rgb
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    img = np.asarray(canvas.buffer_rgba())[..., :3].astype(float) / 255
+    box = ax.get_window_extent()
+    height = img.shape[0]
+    crop = img[int(height - box.y1):int(height - box.y0), int(box.x0):int(box.x1)]
+    return int((np.abs(crop - np.asarray(to_rgb(color))).max(axis=-1) < 0.1).sum())
+
+
+def test_training_figure_of_a_short_run_at_default_log_every(tmp_path):
+    """A 6-step run logs its loss once (at the last step): every panel must still show that point."""
+    from grace_bench.finetune.config import FinetuneConfig
+    from grace_bench.finetune.trainer import train
+    from tests.test_trainer import fresh_clip, tiny_data
+
+    assert FinetuneConfig().log_every > 6  # the default logs less often than this run has steps
+    cfg = FinetuneConfig(method="ft", base="tiny-clip", suite="micro", out=str(tmp_path / "runs" / "ft"), max_steps=6,
+                         batch_size=8, lr=1e-3, warmup_steps=2, progress=False, val_max_samples=16)
+    data = tiny_data(16)
+    train(cfg, clip=fresh_clip(), train_data=data, val_data=data)
+    out = tmp_path / "fig"
+    assert _plot(["training", str(tmp_path / "runs"), "--out", str(out), "--format", "png"]) == 0
+    assert_png(out / "training.png")
+    fig = plot_training_curves({"ft": read_log_jsonl(tmp_path / "runs" / "ft" / "log.jsonl")})
+    color = method_styles(["ft"])["ft"]["color"]
+    for ax in fig.axes[:4]:
+        (line,) = ax.lines
+        assert np.isfinite(line.get_ydata()).all() and len(line.get_xdata()) >= 1
+        assert _drawn_pixels(fig, ax, color) > 20, ax.get_ylabel()  # visible, not a zero-length line
+    assert list(fig.axes[3].lines[0].get_xdata()) == [2, 4, 6]  # each epoch end; the last one is logged twice
 
 
 def test_style_is_consistent():
@@ -315,6 +433,24 @@ def test_cli_training_and_errors(results, tmp_path):
         _plot(["training", str(only_summaries)])
     with pytest.raises(SystemExit):
         _plot(["histogram", str(results)])
+
+
+@pytest.mark.parametrize("target, damage", [
+    ("json", b"\x89PNG\r\n\x1a\n\xff\xfe binary"),  # not UTF-8
+    ("json", b'{"schema": "grace-bench/geo'),  # torn
+    ("npz", b""),
+    ("npz", b"\x00\x01 not an archive " * 20),
+    ("npz", "truncated"),
+])
+def test_cli_corrupt_result_files_are_one_line_errors(results, tmp_path, capsys, target, damage):
+    from grace_bench.cli import main
+
+    (path,) = results.glob(f"geometry-hessian-{fingerprint('ft')[:12]}.{target}")
+    path.write_bytes(path.read_bytes()[:200] if damage == "truncated" else damage)
+    assert main(["plot", "spectrum", str(results), "--out", str(tmp_path / "fig")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and str(path) in err
+    assert "delete it" in err and "re-run" in err
 
 
 def test_readers_accept_flat_and_library_layouts(results):

@@ -231,6 +231,35 @@ def test_directions_roundtrip_and_validation(tmp_path):
         load_directions(path, select_params(other, "all"), 2)
 
 
+def _corrupt_npz_variants(good: bytes) -> dict[str, bytes]:
+    """An NPZ's bytes damaged the ways a disk or a kill can: empty, truncated, garbage, flipped bytes."""
+    flipped = bytearray(good)
+    for i in range(17, len(good), 37):
+        flipped[i] ^= 0xFF
+    return {"empty": b"", "truncated": good[: len(good) // 2], "garbage": b"\x00\x01 not an archive " * 20,
+            "flipped": bytes(flipped)}
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "flipped"])
+def test_corrupt_directions_and_grid_cache_are_one_line_errors(tmp_path, damage):
+    net, x, y = _mlp()
+    params = select_params(net, "all")
+    dirs = [filter_normalized_direction(params, seed=0)]
+    path = tmp_path / "dirs.npz"
+    save_directions(path, dirs)
+    path.write_bytes(_corrupt_npz_variants(path.read_bytes())[damage])
+    with pytest.raises(UserError, match=r"dirs.npz .*--fresh") as err:
+        load_directions(path, params, 1)
+    assert "\n" not in str(err.value)
+    cache = tmp_path / "grid.npz"
+    landscape(net, (x, y), params, dirs, [[-0.5, 0.0, 0.5]], cache_path=cache, max_points=1)
+    cache.write_bytes(_corrupt_npz_variants(cache.read_bytes())[damage])
+    with pytest.raises(UserError, match=r"grid.npz has unreadable .*--fresh"):
+        landscape(net, (x, y), params, dirs, [[-0.5, 0.0, 0.5]], cache_path=cache)
+    redone = landscape(net, (x, y), params, dirs, [[-0.5, 0.0, 0.5]], cache_path=cache, on_mismatch="recompute")
+    assert redone["complete"]
+
+
 def test_interpolation_endpoints():
     net, x, y = _mlp(0)
     net1, _, _ = _mlp(1)
@@ -242,6 +271,20 @@ def test_interpolation_endpoints():
     _assert_same_weights(net, state0)
     with pytest.raises(UserError, match="same architecture"):
         interpolation(net, (x, y), state0, {"0.weight": torch.zeros(1)}, [0.0])
+
+
+def test_interpolation_with_the_live_state_dict_as_an_endpoint():
+    """float32, as in the CLI: ``state1`` is the model's own state dict, whose tensors are the live weights."""
+    net, x, y = _mlp(0)
+    net1, _, _ = _mlp(1)
+    net, net1, x = net.float(), net1.float(), x.float()
+    state0 = _snapshot(net1)
+    own = loss_and_accuracy(net, [(x, y)])[0]
+    res = interpolation(net, (x, y), state0, net.state_dict(), [0.0, 0.3, 1.0])
+    mixed, _, _ = _mlp(2)
+    mixed.float().load_state_dict({k: 0.7 * v + 0.3 * net.state_dict()[k] for k, v in state0.items()})
+    expected = [loss_and_accuracy(net1, [(x, y)])[0], loss_and_accuracy(mixed, [(x, y)])[0], own]
+    np.testing.assert_allclose(res["loss"], expected, rtol=1e-5)
 
 
 def test_parse_range():

@@ -48,6 +48,15 @@ def test_weight_drift_by_hand():
         weight_drift({"a": torch.zeros(2)}, {"a": torch.zeros(3)})
 
 
+def test_weight_drift_layers_keep_network_order():
+    names = ["visual.conv1.weight"] + [f"visual.transformer.resblocks.{i}.attn.in_proj_weight" for i in range(12)] \
+        + ["visual.ln_post.weight", "logit_scale"]
+    state = {n: torch.full((2,), float(i + 1)) for i, n in enumerate(names)}
+    ref = {n: torch.ones(2) for n in reversed(names)}
+    layers = list(weight_drift(state, ref)["layers"])
+    assert layers == [layer_of(n) for n in names]  # resblocks.2 before resblocks.10, ln_post after the blocks
+
+
 def test_tower_and_layer_names():
     assert tower_of("model.visual.proj") == "vision"
     assert tower_of("positional_embedding") == "text" and tower_of("visual.positional_embedding") == "vision"
@@ -123,6 +132,21 @@ def test_cli_weights(cli, micro_checkpoints, capsys):
     assert "--ref" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage", [b"\x89PNG\r\n\x1a\n\xff\xfe", b'{"config_hash": "ab', b"[1, 2]"])
+def test_cli_corrupt_earlier_result_is_a_one_line_error(cli, micro_checkpoints, capsys, damage):
+    tuned, ref, _, _ = micro_checkpoints
+    assert cli("weights", tuned, "--ref", ref) == 0
+    (path,) = cli.out.glob("geometry-weights-*.json")
+    path.write_bytes(damage)
+    capsys.readouterr()
+    assert cli("weights", tuned, "--ref", ref) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and str(path) in err and "--force" in err
+    assert path.read_bytes() == damage  # left for the user to look at
+    assert cli("weights", tuned, "--ref", ref, "--force") == 0
+    assert json.loads(path.read_text())["kind"] == "weights"
+
+
 def test_cli_hessian(cli, micro_checkpoints, capsys):
     tuned, _, _, _ = micro_checkpoints
     assert cli("hessian", tuned, "--n", "16", "--batch-size", "16", "--top-k", "2", "--trace-samples", "4",
@@ -181,6 +205,35 @@ def test_cli_landscape_interpolation(cli, micro_checkpoints):
     data, arrays = _result(cli.out, "landscape")
     assert data["mode"] == "interp" and arrays["loss"].shape == (2,)
     assert data["loss_at_origin"] == pytest.approx(float(arrays["loss"][0]))
+
+
+def test_cli_interpolation_matches_each_checkpoint_and_a_hand_built_mix(cli, micro_checkpoints):
+    """Endpoints equal each checkpoint's own loss; an interior alpha equals a separately loaded mixture."""
+    from grace_bench.data.suites import get_suite
+    from grace_bench.eval.context import classifier_for
+    from grace_bench.geometry.losses import fixed_subset, loss_and_accuracy
+    from grace_bench.models.checkpoints import load_checkpoint
+
+    tuned, ref, _, _ = micro_checkpoints
+    assert cli("landscape", tuned, "--ref", ref, "--mode", "interp", "--n", "16", "--range", "0,0.4,1") == 0
+    _, arrays = _result(cli.out, "landscape")
+    suite = get_suite("micro")
+    spec = suite.dataset("micro")
+    batches = fixed_subset(spec.load(None), 16, 64, seed=0)
+    tuned_clip, ref_clip = load_checkpoint(tuned), load_checkpoint(ref)
+    head_clf = classifier_for(tuned_clip, suite, spec)  # the zero-shot head stays the checkpoint's along the path
+
+    def loss_with(state: dict) -> float:
+        model = load_checkpoint(tuned).model
+        model.load_state_dict(state)
+        clf = type(head_clf)(model, head_clf.head, tuned_clip.mean, tuned_clip.std).eval()
+        return loss_and_accuracy(clf, batches)[0]
+
+    s0, s1 = ref_clip.model.state_dict(), tuned_clip.model.state_dict()
+    mix = {k: (0.6 * s0[k] + 0.4 * s1[k]) if v.is_floating_point() else v for k, v in s1.items()}
+    expected = [loss_with(s0), loss_with(mix), loss_and_accuracy(head_clf, batches)[0]]
+    np.testing.assert_allclose(arrays["loss"], expected, rtol=1e-5)
+    assert len(set(np.round(arrays["loss"], 6))) == 3  # not a flat line
 
 
 def test_cli_features(cli, micro_checkpoints):

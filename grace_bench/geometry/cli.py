@@ -57,7 +57,7 @@ def add_geometry_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
     h = sub.add_parser("hessian", help="top eigenvalues (Lanczos), trace (Hutchinson/Hutch++), layer curvature, "
                                        "spectral density (SLQ)")
-    _add_common(h, n=32, n_note="; was 64: every HVP costs about two forward+backward passes over all n images")
+    _add_common(h, n=32, n_note="; every HVP costs about two forward+backward passes over all n images")
     h.add_argument("--group", default="vision", help="parameters: vision | lora | all | a name prefix (default vision)")
     h.add_argument("--top-k", type=int, default=5)
     h.add_argument("--lanczos-iter", type=int, default=100, help="maximum Lanczos steps (HVPs)")
@@ -68,14 +68,13 @@ def add_geometry_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                    help="estimate: min(r, r^2/gap)/|theta| <= tol, the usual Lanczos error estimate (default); "
                         "residual: r/|theta| <= tol, a guaranteed bound that needs more HVPs")
     h.add_argument("--trace-samples", type=int, default=10,
-                   help="Hutchinson samples (0 = skip trace and layers; default 10, was 30). The top-k Lanczos "
-                        "run's Krylov part is taken exactly and only the rest is sampled, which cut the std err "
-                        "(reported as trace_se) about 3x per sample on micro")
+                   help="Hutchinson samples (0 = skip trace and layers; default 10). The Krylov part of the top-k "
+                        "Lanczos run is taken exactly and only the rest is sampled (std err reported as trace_se)")
     h.add_argument("--hutchpp", type=int, default=0, help="Hutch++ matvec budget (0 = skip)")
     h.add_argument("--slq-runs", type=int, default=1,
-                   help="SLQ start vectors (0 = skip the density; default 1, was 2, as PyHessian's n_v=1). The "
+                   help="SLQ start vectors (0 = skip the density; default 1, as PyHessian's n_v=1). The "
                         "first run is the top-k Lanczos run itself and costs no extra HVPs")
-    h.add_argument("--slq-iter", type=int, default=24, help="Lanczos steps per SLQ run (default 24, was 32)")
+    h.add_argument("--slq-iter", type=int, default=24, help="Lanczos steps per SLQ run (default 24)")
     h.add_argument("--granularity", choices=("block", "module", "param"), default="block",
                    help="layer unit of the per-layer curvature (default: transformer block)")
     h.add_argument("--power", action="store_true", help="also run power iteration (for comparison)")
@@ -89,13 +88,13 @@ def add_geometry_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     s.add_argument("--kind", choices=("average", "worst", "both"), default="both")
     s.add_argument("--adaptive", action="store_true", help="perturbations relative to |w| (ASAM-style)")
     s.add_argument("--samples", type=int, default=5,
-                   help="random directions per rho (average case; default 5, was 10). Each draw subtracts the "
-                        "first-order term g.delta (mean zero; one gradient for all draws): on micro the std err "
-                        "(reported as sharpness_se) fell ~100-1000x, since that term dominated plain draws")
+                   help="random directions per rho (average case; default 5). Each draw subtracts the first-order "
+                        "term g.delta (mean zero; one gradient for all draws), which otherwise dominates the "
+                        "variance of single draws; the std err is reported as sharpness_se")
     s.add_argument("--m", type=int, help="m-sharpness chunk size (default: the whole subset)")
     s.add_argument("--steps", type=int, default=5,
-                   help="PGD steps in weight space (worst case; default 5, was 10: within 3%% of the 10-step "
-                        "value on micro at rho 0.1, closer at smaller rho)")
+                   help="PGD steps in weight space (worst case; default 5: on micro within 3%% of the 10-step "
+                        "value at rho 0.1, closer at smaller rho)")
 
     la = sub.add_parser("landscape", help="1D/2D loss landscape (filter-normalised directions) or θ0→θ interpolation")
     _add_common(la)
@@ -205,8 +204,11 @@ def _up_to_date(path: Path, config: dict, force: bool) -> bool:
 
     try:
         old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
+        raise UserError(f"{path} is not a readable result ({type(exc).__name__}); delete it or pass --force to "
+                        "recompute it") from exc
+    if not isinstance(old, dict):
+        raise UserError(f"{path} holds a JSON {type(old).__name__}, not a result; delete it or pass --force")
     if old.get("config_hash") == _hash(config):
         return True
     raise UserError(f"{path} holds a result with other settings; pass --force to overwrite it or use another --out")

@@ -194,7 +194,8 @@ def resblock_hooks(model: nn.Module, batch_size_ref: list[int], pool: str = "aut
             layout = token_layout(out, batch_size_ref[0], batch_first)
             tokens = out if layout == "NLD" else out.transpose(0, 1)
             pooled = tokens[:, 0] if pool == "cls" else tokens.mean(dim=1)
-            store[name].append(pooled.detach().float().cpu())
+            # a copy: the CLS slice is a view of the block's whole output, which later blocks may reuse or change
+            store[name].append(pooled.detach().to("cpu", torch.float32, copy=True))
 
         return hook
 

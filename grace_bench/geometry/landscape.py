@@ -37,6 +37,7 @@ from grace_bench.geometry.losses import (
     loss_and_accuracy,
 )
 from grace_bench.utils.atomic import atomic_path
+from grace_bench.utils.npz import NPZ_READ_ERRORS, load_npz
 
 Direction = dict[str, torch.Tensor]
 OnMismatch = Literal["error", "recompute"]
@@ -89,20 +90,19 @@ def save_directions(path: str | Path, directions: Sequence[Direction], meta: dic
 
 def load_directions(path: str | Path, params: NamedParams, count: int) -> list[Direction]:
     """Read ``count`` directions saved by ``save_directions``; refuse ones that do not fit ``params``."""
-    with np.load(path, allow_pickle=False) as z:
-        files = set(z.files)
-        out = []
-        for i in range(count):
-            d: Direction = {}
-            for name, p in params:
-                key = f"d{i}/{name}"
-                if key not in files or tuple(z[key].shape) != tuple(p.shape):
-                    raise UserError(
-                        f"saved directions {path} do not match the model ({key} missing or reshaped); "
-                        "delete the file or pass --fresh"
-                    )
-                d[name] = torch.from_numpy(z[key].copy())
-            out.append(d)
+    arrays = load_npz(path, fix="delete the file or pass --fresh to draw new directions")
+    out = []
+    for i in range(count):
+        d: Direction = {}
+        for name, p in params:
+            key = f"d{i}/{name}"
+            if key not in arrays or tuple(arrays[key].shape) != tuple(p.shape):
+                raise UserError(
+                    f"saved directions {path} do not match the model ({key} missing or reshaped); "
+                    "delete the file or pass --fresh"
+                )
+            d[name] = torch.from_numpy(arrays[key].copy())
+        out.append(d)
     return out
 
 
@@ -128,8 +128,10 @@ class GridCache:
             with np.load(self.path, allow_pickle=False) as z:
                 cached_meta = json.loads(str(z["meta_json"]))
                 loss, acc, done = z["loss"], z["accuracy"], z["done"]
-        except (OSError, ValueError, KeyError) as exc:
-            return self._mismatch(f"unreadable ({type(exc).__name__})", empty)
+        except NPZ_READ_ERRORS as exc:  # an empty, torn or garbled file
+            return self._mismatch(f"unreadable contents ({type(exc).__name__})", empty)
+        if not isinstance(cached_meta, dict):
+            return self._mismatch("unreadable metadata", empty)
         if cached_meta != self.meta:
             keys = sorted(k for k in set(cached_meta) | set(self.meta) if cached_meta.get(k) != self.meta.get(k))
             return self._mismatch(f"different {', '.join(keys)}", empty)
@@ -278,6 +280,7 @@ def interpolation(
     """Loss/accuracy of ``(1 - a) * state0 + a * state1`` loaded into ``module`` (default ``model``).
 
     Both state dicts must hold every floating-point entry of ``module.state_dict()`` with the same shape.
+    They are copied first, so either may be ``module.state_dict()`` itself (whose tensors are the live weights).
     """
     module = module if module is not None else model
     target = {k: v for k, v in module.state_dict().items() if v.is_floating_point()}
@@ -287,8 +290,9 @@ def interpolation(
                 raise UserError(f"{which} weights lack {name} (or its shape differs); interpolate checkpoints "
                                 "of the same architecture")
     keys = sorted(target)
-    w0 = [state0[k].detach().to(target[k].device, torch.float32) for k in keys]
-    w1 = [state1[k].detach().to(target[k].device, torch.float32) for k in keys]
+    # copies: a state dict shares storage with the live weights, which every grid point overwrites
+    w0 = [_endpoint(state0[k], target[k]) for k in keys]
+    w1 = [_endpoint(state1[k], target[k]) for k in keys]
     saved = [target[k].detach().clone() for k in keys]
     batches = as_batches(data, device=next(iter(target.values())).device)
 
@@ -313,6 +317,12 @@ def interpolation(
     )
     return {"axes": [axis], "loss": loss, "accuracy": acc, "done": done, "complete": bool(done.all()),
             "meta": full_meta}
+
+
+def _endpoint(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A private copy of an endpoint entry on ``like``'s device, in at least float32."""
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    return value.detach().to(device=like.device, dtype=dtype, copy=True)
 
 
 def parse_range(text: str) -> list[float]:

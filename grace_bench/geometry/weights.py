@@ -56,10 +56,11 @@ def _entry(diff_sq: float, ref_sq: float, numel: int) -> dict:
 
 @torch.no_grad()
 def weight_drift(state: dict[str, torch.Tensor], ref_state: dict[str, torch.Tensor]) -> dict:
-    """Relative L2 drift of ``state`` from ``ref_state``: ``overall``, ``towers``, ``layers`` (and skipped keys)."""
+    """Relative L2 drift of ``state`` from ``ref_state``: ``overall``, ``towers``, ``layers`` (in the network
+    order of ``state``) and the skipped keys."""
     a = {_strip(k): v for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
     b = {_strip(k): v for k, v in ref_state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
-    common = sorted(k for k in a.keys() & b.keys() if a[k].shape == b[k].shape)
+    common = [k for k in a if k in b and a[k].shape == b[k].shape]  # state-dict (network) order
     if not common:
         raise UserError("the checkpoint and --ref share no weights of equal shape; compare the same architecture")
     sums: dict[str, dict[str, list[float]]] = {"towers": {}, "layers": {}}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from grace_bench.errors import UserError
+from grace_bench.utils.npz import NPZ_READ_ERRORS
 
 SUMMARY_SCHEMA = "grace-bench/summary/v1"
 GEOMETRY_KINDS = ("hessian", "sharpness", "landscape", "features", "weights")
@@ -122,8 +122,9 @@ class GeometryRecord:
                 try:
                     with np.load(npz, allow_pickle=False) as z:
                         self._arrays = {k: np.asarray(z[k]) for k in z.files}
-                except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-                    raise UserError(f"cannot read arrays {npz}: {exc}; re-run the geometry command") from exc
+                except NPZ_READ_ERRORS as exc:  # empty, torn or garbled
+                    raise UserError(f"cannot read arrays {npz} ({type(exc).__name__}); delete it and its .json, "
+                                    "then re-run the geometry command") from exc
         return self._arrays
 
     def find(self, *paths: str) -> Any:
@@ -155,8 +156,8 @@ def read_json(path: Path) -> dict:
         obj = json.loads(Path(path).read_text())
     except FileNotFoundError as exc:
         raise UserError(f"result file not found: {path}; check the path") from exc
-    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, and UnicodeDecodeError for binary junk
-        raise UserError(f"{path} is not valid JSON ({exc}); re-run the command that wrote it") from exc
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 text
+        raise UserError(f"{path} is not valid JSON ({exc}); delete it and re-run the command that wrote it") from exc
     if not isinstance(obj, dict):
         raise UserError(f"{path} holds a JSON {type(obj).__name__}, not an object; pass a grace-bench result file")
     return obj

@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from grace_bench.errors import UserError
 from grace_bench.plots.style import FORMATS, figure_style, new_figure, save_figure, set_title, short_layer_names
+
+
+def fit_colorbar_label(fig: Figure, cbar_ax: Axes, text: str) -> None:
+    """Label the colorbar with ``text``, wrapped onto as few lines as keep it within the bar's height."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # a renderer to measure with (the figure keeps no canvas of its own)
+    width = len(text)
+    while True:
+        lines = textwrap.wrap(text, width=width, break_on_hyphens=False)
+        cbar_ax.set_ylabel("\n".join(lines))
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        label_h = cbar_ax.yaxis.label.get_window_extent(renderer).height
+        bar_h = cbar_ax.get_window_extent(renderer).height
+        if label_h <= bar_h or width <= 12:
+            return
+        # the rotated label's height is its longest line: shrink the lines in proportion, at least by 3 characters
+        width = max(12, min(width - 3, int(max(map(len, lines)) * bar_h / label_h)))
 
 
 def plot_cka_matrix(
@@ -54,7 +75,7 @@ def plot_cka_matrix(
             square=m.shape[0] == m.shape[1],
             xticklabels=list(col_labels),
             yticklabels=list(row_labels),
-            cbar_kws={"label": f"{measure} (unitless, 0–1)", "shrink": 0.85},
+            cbar_kws={"shrink": 0.85},
             mask=~np.isfinite(m),
         )
         ax.grid(False)
@@ -65,6 +86,7 @@ def plot_cka_matrix(
         for tick in ax.get_xticklabels():
             tick.set_horizontalalignment("right")
         set_title(fig, title, protocol)
+        fit_colorbar_label(fig, ax.collections[0].colorbar.ax, f"{measure} (unitless, 0–1)")
         save_figure(fig, out, formats)
     return fig
 

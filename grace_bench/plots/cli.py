@@ -200,9 +200,22 @@ def _spectrum(args: argparse.Namespace, out: Path) -> list[Path]:
     return _written(stem, args)
 
 
+def _natural_key(name: str) -> list:
+    """Sort key that orders the numbers inside a name numerically (``resblocks.2`` before ``resblocks.10``)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
+def network_order(names: list[str], recorded: Any) -> list[str]:
+    """``names`` in the network order of the recorded ``layer_names`` (JSON objects come back sorted by key);
+    names it lacks follow, and without a record the numbers inside names are sorted numerically."""
+    listed = [str(n) for n in recorded] if isinstance(recorded, list) else []
+    known = [n for n in dict.fromkeys(listed) if n in names]
+    return known + sorted((n for n in names if n not in known), key=_natural_key)
+
+
 def _layer_curvature(rec: GeometryRecord) -> dict[str, float] | None:
-    """``{layer: kappa}`` from ``per_layer_curvature`` ({layer: value}) or Hutchinson's ``trace.layers``
-    ({layer: {"kappa": value, ...}})."""
+    """``{layer: kappa}`` in network order, from ``per_layer_curvature`` ({layer: value}) or Hutchinson's
+    ``trace.layers`` ({layer: {"kappa": value, ...}}), ordered by the recorded ``layer_names``."""
     value = rec.find("per_layer_curvature", "trace.layers")
     if isinstance(value, dict) and value:
         out = {}
@@ -211,7 +224,7 @@ def _layer_curvature(rec: GeometryRecord) -> dict[str, float] | None:
             if f is not None:
                 out[str(k)] = f
         if out:
-            return out
+            return {name: out[name] for name in network_order(list(out), rec.find("layer_names"))}
     values = rec.array("per_layer_curvature")
     names = rec.data.get("layer_names")
     if values is not None and isinstance(names, list) and len(names) == values.size:
@@ -268,8 +281,9 @@ def _cka(args: argparse.Namespace, out: Path) -> list[Path]:
             if (len(rows), len(cols)) != matrix.shape:
                 raise UserError(f"{rec.path}: layer names do not match the CKA matrix {matrix.shape}; re-run it")
             stem = out / f"cka-layers-{slug(name)}"
+            # cka_kind describes cka_to_ref ("..., final embedding"); every cell here is a pair of layers
             plot_cka_layers(matrix, rows, cols, label=name, ref_label=ref, protocol=rec.config,
-                            measure=measure, out=stem, formats=_formats(args))
+                            measure=measure.removesuffix(", final embedding"), out=stem, formats=_formats(args))
             written += _written(stem, args)
         value = geometry_value({"features": rec}, "cka_to_ref")
         if value is not None:

@@ -16,7 +16,7 @@ from typing import Any
 import matplotlib as mpl
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import PercentFormatter
 
 from grace_bench.attacks.naming import describe_attack, is_no_attack
 from grace_bench.errors import UserError
@@ -210,9 +210,12 @@ def set_title(fig: Figure, title: str, protocols: Any = None) -> str:
     return text
 
 
-def percent_formatter(decimals: int = 0) -> FuncFormatter:
-    """Tick formatter for fractions in [0,1] shown as percent."""
-    return FuncFormatter(lambda v, _pos: f"{100 * v:.{decimals}f}")
+def percent_formatter(decimals: int | None = None) -> PercentFormatter:
+    """Tick formatter for fractions in [0,1] shown as percent (no % sign: axis labels say "(%)").
+
+    ``decimals=None`` picks as many decimals as the axis range needs, so close ticks stay distinct.
+    """
+    return PercentFormatter(xmax=1.0, decimals=decimals, symbol="")
 
 
 def short_layer_names(names: Sequence[str]) -> list[str]:
