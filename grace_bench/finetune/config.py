@@ -264,7 +264,8 @@ def validate_config(cfg: FinetuneConfig) -> FinetuneConfig:
 def resolve_config(cfg: FinetuneConfig, method_cls: type | None = None) -> FinetuneConfig:
     """Validate, then fill every unset trainer setting: the suite's training defaults, else the method's paper
     defaults, else FALLBACK. ``sources`` records where every value came from."""
-    cfg = validate_config(dataclasses.replace(cfg, method_args=dict(cfg.method_args), sources=dict(cfg.sources)))
+    cfg = validate_config(dataclasses.replace(cfg))
+    cfg.method_args, cfg.sources = dict(cfg.method_args), dict(cfg.sources)
     if method_cls is None:
         from grace_bench.finetune.methods import get_method
 

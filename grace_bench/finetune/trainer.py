@@ -13,7 +13,6 @@ training batch. Nothing is written on the way out, so the last good checkpoint s
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import random
@@ -29,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from grace_bench.errors import NonFiniteLossError, UserError
 from grace_bench.finetune import checkpointing as ckpt
-from grace_bench.finetune.config import FinetuneConfig, identity_diff, resolve_config, validate_config
+from grace_bench.finetune.config import FinetuneConfig, identity_diff, resolve_config
 from grace_bench.finetune.distributed import init_distributed
 from grace_bench.finetune.methods import get_method
 from grace_bench.finetune.methods.base import Method, TrainContext, tower_of
@@ -100,9 +99,8 @@ class Trainer:
 
     def __init__(self, config: FinetuneConfig, *, clip=None, train_data: Dataset | None = None,
                  val_data: Dataset | None = None) -> None:
-        validate_config(dataclasses.replace(config, method_args=dict(config.method_args)))  # before any use
-        self.method_cls = get_method(config.method)
-        self.cfg = resolve_config(config, self.method_cls)
+        self.cfg = resolve_config(config)  # validates every key before anything else uses it
+        self.method_cls = get_method(self.cfg.method)
         self.dist, self.device = init_distributed(self.cfg.device)
         self._warmup_is_default = config.warmup_steps is None
         self.method: Method = self.method_cls(self.cfg.method_args)
@@ -311,9 +309,7 @@ class Trainer:
 
     def _weight_limits(self) -> torch.Tensor:
         """Per trainable tensor: the max |w| beyond which an update counts as diverged (see WEIGHT_GROWTH)."""
-        with torch.no_grad():
-            start = torch.stack([p.detach().abs().amax().float() for p in self.params])
-        return WEIGHT_GROWTH * start.clamp_min(1.0)
+        return WEIGHT_GROWTH * _max_abs(self.params).clamp_min(1.0)
 
     def _write_run_config(self) -> None:
         if not self.dist.is_main:
@@ -437,8 +433,7 @@ class Trainer:
 
     def _check_weights(self) -> None:
         """Stop if the update just made left a trainable tensor non-finite or far beyond its starting size."""
-        with torch.no_grad():
-            size = torch.stack([p.detach().abs().amax().float() for p in self.params])
+        size = _max_abs(self.params)
         ok = size <= self.weight_limits  # False for NaN as well
         if bool(ok.all()):
             return
@@ -511,7 +506,7 @@ class Trainer:
         A torn last line (the kill) is dropped; any other unreadable line is a UserError naming it.
         """
         path = self.run_dir / "log.jsonl"
-        if not self.dist.is_main or not path.is_file():
+        if not path.is_file():
             return
         fix = "it is only a record (the checkpoints hold the training state): move it aside and resume again"
         try:
@@ -529,7 +524,8 @@ class Trainer:
                 raise UserError(f"--resume: {path} line {number} is not a JSON record with an integer 'step'; {fix}")
             if rec.get("step", 0) <= step:
                 keep.append(line)
-        atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+        if self.dist.is_main:  # every rank read and checked it, so a bad log stops all of them alike
+            atomic_write_text(path, "".join(f"{line}\n" for line in keep))
 
     @torch.no_grad()
     def _validate(self) -> float | None:
@@ -607,6 +603,15 @@ class Trainer:
             from tqdm.auto import tqdm
 
             tqdm.write(msg)
+
+
+@torch.no_grad()
+def _max_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """max |w| of each tensor as one float vector (NaN where a tensor holds a NaN); one fused pass."""
+    detached = [t.detach() for t in tensors]
+    if hasattr(torch, "_foreach_norm"):
+        return torch.stack(torch._foreach_norm(detached, float("inf"))).float()
+    return torch.stack([t.abs().amax().float() for t in detached])
 
 
 def _log_record(line: str) -> dict[str, Any] | None:
