@@ -24,7 +24,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--method", default=S, help="ft, flyp, tecoa, fare, pmg-aft, grace (default: ft)")
     g.add_argument("--base", default=S, help="checkpoint spec to start from (default: micro)")
-    g.add_argument("--suite", default=S, help="suite whose ID training split is used (default: micro)")
+    g.add_argument("--suite", default=S, help="suite whose ID training split is used and whose training defaults "
+                                              "fill unset settings (default: micro)")
     g.add_argument("--out", default=S, help="run directory, e.g. runs/NAME")
     g.add_argument("--data-root", dest="data_root", default=S, help="dataset root (ImageNet-family suites)")
     g.add_argument("--config", default=None, help="YAML or JSON file of config keys (flags override it)")
