@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from grace_bench.data.suites import get_suite, register_suite
 from grace_bench.errors import NonFiniteLossError, UserError
 from grace_bench.finetune import checkpointing as ckpt
 from grace_bench.finetune.config import FinetuneConfig, config_from_dict, load_config_file, resolve_config
@@ -140,7 +141,7 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(UserError, match="unknown method 'sgd'"):
         get_method("sgd")
     yaml_file = tmp_path / "c.yaml"
-    yaml_file.write_text("method: fare\nlr: 2e-5\nmethod_args:\n  eps: 2/255\n")
+    yaml_file.write_text("method: fare\nsuite: imagenet\nlr: 2e-5\nmethod_args:\n  eps: 2/255\n")
     cfg = resolve_config(config_from_dict(load_config_file(yaml_file)), get_method("fare"))
     assert cfg.lr == 2e-5 and cfg.max_steps == 20000 and cfg.batch_size == 128  # FARE paper defaults fill the rest
     assert get_method("fare").resolve_hparams(cfg.method_args)["eps"] == pytest.approx(2 / 255)
@@ -157,7 +158,8 @@ def test_cli_flags_override_config_file(tmp_path):
 
     parser = argparse.ArgumentParser()
     add_finetune_parser(parser.add_subparsers())
-    (tmp_path / "c.json").write_text(json.dumps({"method": "tecoa", "lr": 1e-4, "batch_size": 64}))
+    (tmp_path / "c.json").write_text(json.dumps({"method": "tecoa", "suite": "imagenet", "lr": 1e-4,
+                                                 "batch_size": 64}))
     args = parser.parse_args(["finetune", "--config", str(tmp_path / "c.json"), "--lr", "3e-4", "--eps", "2/255",
                               "--method-arg", "pgd_steps=3", "--lora-rank", "8", "--lora-towers", "vision,text"])
     cfg = config_from_args(args)
@@ -165,6 +167,10 @@ def test_cli_flags_override_config_file(tmp_path):
     assert cfg.method_args == {"eps": "2/255", "pgd_steps": 3}
     resolved = resolve_config(cfg, get_method("tecoa"))
     assert resolved.lora_towers == ["vision", "text"] and resolved.epochs == 10.0
+    src = resolved.sources
+    assert src["lr"] == src["method_args.eps"] == src["lora_rank"] == "command line"
+    assert src["batch_size"] == src["method"] == f"--config {tmp_path / 'c.json'}"
+    assert src["epochs"].startswith("method 'tecoa' default (Mao et al.") and src["seed"] == "built-in default"
 
 
 def test_cosine_schedule_and_data_order():
@@ -192,9 +198,15 @@ def test_paper_warmup_longer_than_the_run_is_shortened_and_recorded(tmp_path):
     from grace_bench.finetune.trainer import Trainer
 
     data = tiny_data(16)
-    tr = Trainer(cfg_for(tmp_path, "a", method="tecoa", warmup_steps=None, max_steps=40), clip=fresh_clip(),
-                 train_data=data, val_data=data)
-    assert tr.warmup_steps == 4 and "default warmup (1000 steps)" in tr.config_record()["warmup_note"]
+    register_suite("_test-no-training-defaults",
+                   lambda: dataclasses.replace(get_suite("micro"), name="_test-no-training-defaults", training=None))
+    tr = Trainer(cfg_for(tmp_path, "a", method="tecoa", suite="_test-no-training-defaults", warmup_steps=None,
+                         max_steps=40), clip=fresh_clip(), train_data=data, val_data=data)
+    assert tr.warmup_steps == 4 and "method's default warmup (1000 steps)" in tr.config_record()["warmup_note"]
     explicit = Trainer(cfg_for(tmp_path, "b", method="tecoa", warmup_steps=30, max_steps=40), clip=fresh_clip(),
                        train_data=data, val_data=data)
     assert explicit.warmup_steps == 30 and explicit.config_record()["warmup_note"] is None
+    # micro's own warmup (6 steps, the study budget) is shortened the same way on a 4-step run
+    short = Trainer(cfg_for(tmp_path, "c", method="tecoa", warmup_steps=None, max_steps=4), clip=fresh_clip(),
+                    train_data=data, val_data=data)
+    assert short.warmup_steps == 1 and "suite's default warmup (6 steps)" in short.config_record()["warmup_note"]

@@ -26,6 +26,7 @@ from torch.utils.data import TensorDataset
 from grace_bench.data import micro_render as R
 from grace_bench.data.micro_text import MICRO_CLASSNAMES, MICRO_TEMPLATES, SINGLE_TEMPLATE
 from grace_bench.data.suites import DatasetSpec, Suite, register_suite
+from grace_bench.data.training_defaults import from_tuning_file
 from grace_bench.errors import UserError
 
 __all__ = [
@@ -201,6 +202,7 @@ def _suite() -> Suite:
         train_loader=lambda ctx, split: micro_dataset("micro", split),
         default_checkpoint="micro",
         info={"image_size": R.SIZE, "splits": {k: int(len(v)) for k, v in split_indices().items()}},
+        training=lambda: from_tuning_file("micro"),  # the study's budget and its val-tuned learning rates
     )
 
 

@@ -3,7 +3,8 @@
 A ``Suite`` names its class names and prompt templates, its ID training split, and a list of
 ``DatasetSpec`` entries with a role (``id``, ``ood``, ``nat-adv``) and an optional class subset
 (indices into the suite's classes, e.g. the 200 ImageNet-R/A classes). Nothing is loaded until
-``DatasetSpec.load`` is called.
+``DatasetSpec.load`` is called. A suite may also own fine-tuning defaults (``training``, see
+``grace_bench.data.training_defaults``): micro carries its study budget, ImageNet keeps the paper defaults.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Literal
 
 from torch.utils.data import Dataset
 
+from grace_bench.data.training_defaults import TrainingDefaults
 from grace_bench.errors import UserError
 
 Role = Literal["id", "ood", "nat-adv"]
@@ -63,6 +65,11 @@ class Suite:
     default_checkpoint: str | None = None
     needs_root: bool = False
     info: dict = field(default_factory=dict)
+    training: Callable[[], TrainingDefaults] | None = None  # lazy: may read a file
+
+    def training_defaults(self) -> TrainingDefaults | None:
+        """The suite's fine-tuning defaults (None: every unset setting takes the method's paper default)."""
+        return self.training() if self.training is not None else None
 
     def dataset(self, name: str) -> DatasetSpec:
         for d in self.datasets:

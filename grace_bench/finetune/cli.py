@@ -1,7 +1,8 @@
 """``grace-bench finetune`` and ``grace-bench wise`` subcommands.
 
 Every finetune flag defaults to "not given", so the resolution order is: global defaults < the method's
-paper defaults < ``--config FILE`` < flags. Method settings come from ``--<setting>`` flags (listed per
+paper defaults < the suite's training defaults < ``--config FILE`` < flags (``config.json`` records the source of
+each value). Method settings come from ``--<setting>`` flags (listed per
 method in ``--help``) or ``--method-arg KEY=VALUE``. Multi-GPU: ``torchrun --nproc_per_node N -m grace_bench
 finetune ...`` (``--batch-size`` is the global batch).
 """
@@ -23,12 +24,14 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--method", default=S, help="ft, flyp, tecoa, fare, pmg-aft, grace (default: ft)")
     g.add_argument("--base", default=S, help="checkpoint spec to start from (default: micro)")
-    g.add_argument("--suite", default=S, help="suite whose ID training split is used (default: micro)")
+    g.add_argument("--suite", default=S, help="suite whose ID training split is used and whose training defaults "
+                                              "fill unset settings (default: micro)")
     g.add_argument("--out", default=S, help="run directory, e.g. runs/NAME")
     g.add_argument("--data-root", dest="data_root", default=S, help="dataset root (ImageNet-family suites)")
     g.add_argument("--config", default=None, help="YAML or JSON file of config keys (flags override it)")
     g.add_argument("--resume", action="store_true", default=S, help="continue the run in --out from its checkpoint")
-    o = p.add_argument_group("optimisation (unset: the method's paper default)")
+    o = p.add_argument_group("optimisation (unset: the suite's default, e.g. micro's study budget, else the "
+                             "method's paper default)")
     o.add_argument("--epochs", type=float, default=S)
     o.add_argument("--max-steps", dest="max_steps", type=int, default=S, help="overrides --epochs")
     o.add_argument("--batch-size", dest="batch_size", type=int, default=S, help="global batch (all processes)")
@@ -95,13 +98,14 @@ def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace):
     """The ``FinetuneConfig`` of parsed finetune arguments (file first, then flags)."""
-    from grace_bench.finetune.config import FIELD_NAMES, FinetuneConfig, config_from_dict, load_config_file
+    from grace_bench.finetune.config import FIELD_NAMES, FROM_CLI, FinetuneConfig, config_from_dict, load_config_file
 
     cfg = FinetuneConfig()
     if getattr(args, "config", None):
-        cfg = config_from_dict(load_config_file(args.config), cfg)
+        cfg = config_from_dict(load_config_file(args.config), cfg, source=f"--config {args.config}")
     given = vars(args)
-    cfg = config_from_dict({k: v for k, v in given.items() if k in FIELD_NAMES and k != "method_args"}, cfg)
+    cfg = config_from_dict({k: v for k, v in given.items() if k in FIELD_NAMES and k != "method_args"}, cfg,
+                           source=FROM_CLI)
     method_args: dict[str, Any] = {k[len(_METHOD_PREFIX):]: v for k, v in given.items()
                                    if k.startswith(_METHOD_PREFIX)}
     for item in given.get("method_arg") or []:
@@ -110,7 +114,7 @@ def config_from_args(args: argparse.Namespace):
             raise UserError(f"--method-arg '{item}' must look like KEY=VALUE")
         method_args[key.strip().replace("-", "_")] = _parse_value(value)
     if method_args:
-        cfg = config_from_dict({"method_args": method_args}, cfg)
+        cfg = config_from_dict({"method_args": method_args}, cfg, source=FROM_CLI)
     return cfg
 
 

@@ -1,8 +1,10 @@
 """The fine-tuning run configuration: a dataclass, YAML/JSON loading, per-method defaults and validation.
 
 Resolution order (later wins): global defaults < the method's ``trainer_defaults`` (its paper's settings)
-< ``--config FILE`` < explicit CLI flags. Every run writes the fully resolved result to ``config.json``.
-Any bad value raises ``UserError`` naming the key.
+< the suite's training defaults (``Suite.training_defaults()``; micro: the study budget and val-tuned
+learning rates) < ``--config FILE`` < explicit CLI flags. Every run writes the fully resolved result to
+``config.json``, with ``sources`` saying where each value came from. Any bad value raises ``UserError``
+naming the key.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,18 @@ from grace_bench.models.lora import DEFAULT_TARGETS, TARGET_SUFFIXES, TOWER_PREF
 PRECISIONS = ("fp32", "bf16")
 # Keys that may differ between a run and its resume without changing the trajectory.
 RUNTIME_KEYS = frozenset({"resume", "device", "num_workers", "log_every", "progress", "out", "data_root",
-                          "trust_pickle", "keep_last", "eval_every", "save_every", "val_split", "val_max_samples"})
+                          "trust_pickle", "keep_last", "eval_every", "save_every", "val_split", "val_max_samples",
+                          "sources"})
+# Keys of config.json written by us; ignored when such a file is read back as a config.
+WRITTEN_KEYS = frozenset({"arch", "method_config", "resolved", "versions", "created", "sources"})
 # Trainer settings a method may give paper defaults for (None in the dataclass means "method decides").
 METHOD_TUNABLE = ("lr", "weight_decay", "batch_size", "epochs", "max_steps", "warmup_steps", "lora_rank")
 FALLBACK = {"lr": 1e-5, "weight_decay": 0.1, "batch_size": 128, "epochs": 10.0, "warmup_steps": 500, "lora_rank": 0}
+# Where a value came from (config.json "sources"); suite and method sources are built from their data.
+FROM_CLI = "command line"
+FROM_CALLER = "set by the caller (FinetuneConfig)"
+FROM_BUILTIN = "built-in default"
+FROM_FALLBACK = "global fallback (neither the suite nor the method sets it)"
 
 
 @dataclass
@@ -68,6 +79,8 @@ class FinetuneConfig:
     progress: bool = True
     trust_pickle: bool = False
     method_args: dict[str, Any] = field(default_factory=dict)
+    # where each value came from ({key or "method_args.KEY": source}); filled by config_from_dict/resolve_config
+    sources: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -83,7 +96,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file {p} not found; pass an existing YAML or JSON file to --config")
-    text = p.read_text()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read config file {p} as text ({_first_line(exc)}); pass a YAML or JSON file") \
+            from None
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
             import yaml
@@ -92,8 +109,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as exc:  # noqa: BLE001 - any parse error is the user's to fix
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot parse config file {p}: {first}; fix the syntax") from None
+        raise UserError(f"cannot parse config file {p}: {_first_line(exc)}; fix the syntax") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -101,25 +117,45 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def config_from_dict(data: dict[str, Any], base: FinetuneConfig | None = None) -> FinetuneConfig:
-    """Overlay ``data`` on ``base`` (default: a fresh config); unknown keys are a UserError naming the key."""
+def config_from_dict(data: dict[str, Any], base: FinetuneConfig | None = None, *,
+                     source: str | None = None) -> FinetuneConfig:
+    """Overlay ``data`` on ``base`` (default: a fresh config); unknown keys are a UserError naming the key.
+
+    ``source`` (e.g. ``"command line"``) is recorded in ``sources`` for every key set here.
+    """
     cfg = dataclasses.replace(base) if base is not None else FinetuneConfig()
+    cfg.sources = dict(cfg.sources)
     for key, value in data.items():
+        if not isinstance(key, str):
+            raise UserError(f"config key {key!r} is not a name; use the keys of `grace-bench finetune --help`")
         key_n = key.replace("-", "_")
-        if key_n in ("arch", "method_config", "resolved", "versions", "created"):  # written by us; ignored on read
+        if key_n in WRITTEN_KEYS:  # written by us; ignored on read
             continue
         if key_n not in FIELD_NAMES:
-            close = difflib.get_close_matches(key_n, FIELD_NAMES, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise UserError(f"unknown config key '{key}'{hint}")
+            raise UserError(f"unknown config key '{key}'{did_you_mean(key_n, FIELD_NAMES)}")
         if key_n == "method_args":
             if not isinstance(value, dict):
                 raise UserError("config key 'method_args' must be a mapping of method settings")
             merged = dict(cfg.method_args)
             merged.update(value)
+            if source is not None:
+                cfg.sources.update({f"method_args.{k}": source for k in value})
             value = merged
+        elif source is not None:
+            cfg.sources[key_n] = source
         setattr(cfg, key_n, value)
     return cfg
+
+
+def did_you_mean(key: str, known: list[str] | tuple[str, ...]) -> str:
+    """``"; did you mean 'X'?"`` for the closest known key, or ``""``."""
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _number(key: str, value: Any, *, integer: bool = False, minimum: float | None = None,
@@ -141,6 +177,8 @@ def _number(key: str, value: Any, *, integer: bool = False, minimum: float | Non
     except (TypeError, ValueError):
         kind = "an integer" if integer else "a number"
         raise UserError(f"config key '{key}' must be {kind}, got {value!r}") from None
+    if not math.isfinite(num):
+        raise UserError(f"config key '{key}' must be a finite number, got {value!r}")
     if minimum is not None and (num <= minimum if exclusive else num < minimum):
         op = ">" if exclusive else ">="
         raise UserError(f"config key '{key}' must be {op} {minimum:g}, got {value!r}")
@@ -218,28 +256,98 @@ def validate_config(cfg: FinetuneConfig) -> FinetuneConfig:
     cfg.val_max_samples = _number("val_max_samples", cfg.val_max_samples, integer=True, minimum=1, allow_none=True)
     if not isinstance(cfg.method_args, dict):
         raise UserError("config key 'method_args' must be a mapping of method settings")
+    if not isinstance(cfg.sources, dict):
+        cfg.sources = {}
     return cfg
 
 
-def resolve_config(cfg: FinetuneConfig, method_cls: type) -> FinetuneConfig:
-    """Validate, then fill every ``None`` trainer setting from the method's paper defaults (then FALLBACK)."""
-    cfg = validate_config(dataclasses.replace(cfg, method_args=dict(cfg.method_args)))
-    trainer_defaults = getattr(method_cls, "trainer_defaults", {})
-    if cfg.max_steps is None and cfg.epochs is None:  # the run length comes from the method's paper as a unit
-        if "max_steps" in trainer_defaults:
-            cfg.max_steps = trainer_defaults["max_steps"].value
+def resolve_config(cfg: FinetuneConfig, method_cls: type | None = None) -> FinetuneConfig:
+    """Validate, then fill every unset trainer setting: the suite's training defaults, else the method's paper
+    defaults, else FALLBACK. ``sources`` records where every value came from."""
+    cfg = validate_config(dataclasses.replace(cfg))
+    cfg.method_args, cfg.sources = dict(cfg.method_args), dict(cfg.sources)
+    if method_cls is None:
+        from grace_bench.finetune.methods import get_method
+
+        method_cls = get_method(cfg.method)
+    _mark_given(cfg)
+    suite = _suite_training_defaults(cfg.suite)
+    paper = getattr(method_cls, "trainer_defaults", {})
+    method_source = f"method '{method_cls.name}' default"
+
+    def fill(key: str, value: Any, source: str) -> None:
+        setattr(cfg, key, value)
+        cfg.sources[key] = source
+
+    if cfg.max_steps is None and cfg.epochs is None:  # the run length is one unit: steps or epochs, never mixed
+        length = suite.trainer if suite is not None else {}
+        if "max_steps" in length or "epochs" in length:
+            key = "max_steps" if "max_steps" in length else "epochs"
+            fill(key, length[key], suite.source)
+        elif "max_steps" in paper:
+            fill("max_steps", paper["max_steps"].value, f"{method_source} ({paper['max_steps'].source})")
+        elif "epochs" in paper:
+            fill("epochs", paper["epochs"].value, f"{method_source} ({paper['epochs'].source})")
         else:
-            cfg.epochs = trainer_defaults["epochs"].value if "epochs" in trainer_defaults else FALLBACK["epochs"]
-    for key in METHOD_TUNABLE:
-        if key in ("epochs", "max_steps"):
+            fill("epochs", FALLBACK["epochs"], FROM_FALLBACK)
+    for key in ("lora_rank", "weight_decay", "batch_size", "warmup_steps", "lr"):  # lr last: it depends on LoRA
+        if getattr(cfg, key) is not None:
             continue
-        if getattr(cfg, key) is None:
-            if key in trainer_defaults:
-                setattr(cfg, key, trainer_defaults[key].value)
-            elif key in FALLBACK:
-                setattr(cfg, key, FALLBACK[key])
+        suite_value = _suite_value(suite, key, cfg, paper)
+        if suite_value is not None:
+            fill(key, suite_value, suite.lr_source if key == "lr" else suite.source)
+        elif key in paper:
+            fill(key, paper[key].value, f"{method_source} ({paper[key].source})")
+        elif key in FALLBACK:
+            fill(key, FALLBACK[key], FROM_FALLBACK)
+    method_defaults = getattr(method_cls, "defaults", {})
+    if suite is not None:
+        for key, value in suite.method_args.items():
+            if key in method_defaults and key not in cfg.method_args:
+                cfg.method_args[key] = value
+                cfg.sources[f"method_args.{key}"] = suite.source
     method_cls.resolve_hparams(cfg.method_args)  # raises UserError naming a bad method_args key
+    for key, hyper in method_defaults.items():
+        cfg.sources.setdefault(f"method_args.{key}", f"{method_source} ({hyper.source})")
     return validate_config(cfg)
+
+
+def _mark_given(cfg: FinetuneConfig) -> None:
+    """Record FROM_CALLER for values set on the config object without a recorded source; FROM_BUILTIN else."""
+    defaults = FinetuneConfig()
+    for key in FIELD_NAMES:
+        if key in ("sources", "method_args") or key in cfg.sources:
+            continue
+        value = getattr(cfg, key)
+        if key in METHOD_TUNABLE:
+            if value is not None:
+                cfg.sources[key] = FROM_CALLER
+        elif _jsonish(value) != _jsonish(getattr(defaults, key)):
+            cfg.sources[key] = FROM_CALLER
+        else:
+            cfg.sources[key] = FROM_BUILTIN
+    for key in cfg.method_args:
+        cfg.sources.setdefault(f"method_args.{key}", FROM_CALLER)
+
+
+def _jsonish(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _suite_training_defaults(name: str):
+    from grace_bench.data.suites import get_suite
+
+    return get_suite(name).training_defaults()
+
+
+def _suite_value(suite, key: str, cfg: FinetuneConfig, paper: dict[str, Any]) -> Any:
+    """The suite's default for trainer ``key`` (the lr per method and LoRA setting), or None."""
+    if suite is None:
+        return None
+    if key != "lr":
+        return suite.trainer.get(key)
+    default_rank = paper["lora_rank"].value if "lora_rank" in paper else FALLBACK["lora_rank"]
+    return suite.lr_for(cfg.method, lora=int(cfg.lora_rank) > 0, lora_by_default=int(default_rank) > 0)
 
 
 def identity_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -249,6 +357,6 @@ def identity_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
         if key in RUNTIME_KEYS:
             continue
         a, b = saved.get(key), current.get(key)
-        if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+        if _jsonish(a) != _jsonish(b):
             diffs.append(key)
     return diffs

@@ -4,8 +4,10 @@
 ``TrainContext`` and runs. Determinism: the data order of epoch ``e`` is a permutation seeded by
 ``(seed, e)``, the position inside it is part of the trainer state, and all RNG states are saved, so a
 run killed after a checkpoint and resumed with ``--resume`` reaches bit-identical weights on CPU.
-A non-finite loss or gradient norm raises ``NonFiniteLossError`` before the optimiser step; nothing is
-written on the way out, so the last good checkpoint stays the newest.
+A non-finite loss or gradient norm raises ``NonFiniteLossError`` before the optimiser step, and so does an
+update that leaves a trainable tensor non-finite or beyond ``WEIGHT_GROWTH`` times its starting size
+(``max(1, max |w0|)``); before every save the weights must be finite and give a finite loss on the last
+training batch. Nothing is written on the way out, so the last good checkpoint stays the newest.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from grace_bench.finetune.methods.base import Method, TrainContext, tower_of
 from grace_bench.models.lora import LoRAConfig, apply_lora, load_lora_state_dict, lora_layers, lora_state_dict, merge
 from grace_bench.models.zero_shot import ZeroShotClassifier
 from grace_bench.utils.atomic import atomic_write_json, atomic_write_text
+
+# An update that makes a trainable tensor's max |w| exceed this many times max(1, its starting max |w|) diverged.
+WEIGHT_GROWTH = 1e4
 
 
 @dataclass
@@ -94,10 +99,10 @@ class Trainer:
 
     def __init__(self, config: FinetuneConfig, *, clip=None, train_data: Dataset | None = None,
                  val_data: Dataset | None = None) -> None:
-        self.dist, self.device = init_distributed(config.device)
-        self.method_cls = get_method(config.method)
-        self.cfg = resolve_config(config, self.method_cls)
-        self._warmup_from_method = config.warmup_steps is None
+        self.cfg = resolve_config(config)  # validates every key before anything else uses it
+        self.method_cls = get_method(self.cfg.method)
+        self.dist, self.device = init_distributed(self.cfg.device)
+        self._warmup_is_default = config.warmup_steps is None
         self.method: Method = self.method_cls(self.cfg.method_args)
         self.run_dir = Path(self.cfg.out)
         self._check_run_dir()
@@ -120,7 +125,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
         self._eval_head: torch.Tensor | None = None
+        self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._resume_if_asked()
+        self.weight_limits = self._weight_limits()
         self.ctx.refresh_head()
         if self.ctx.frozen is not None:
             self.ctx.frozen.head.copy_(self.ctx.build_head(model=self.frozen_model))
@@ -135,7 +142,7 @@ class Trainer:
         if not self.cfg.resume and (latest is not None or has_config):
             raise UserError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose a new --out")
         if self.cfg.resume and has_config:
-            saved = json.loads((self.run_dir / "config.json").read_text())
+            saved = ckpt.load_run_config(self.run_dir)
             diffs = identity_diff(saved, self.cfg.to_dict())
             if diffs:
                 key = diffs[0]
@@ -243,10 +250,11 @@ class Trainer:
             self.total_steps = max(1, math.ceil(float(self.cfg.epochs) * self.steps_per_epoch))
         self.warmup_steps = int(self.cfg.warmup_steps)
         self.warmup_note = None
-        if self._warmup_from_method and self.warmup_steps > self.total_steps // 2:
-            # The paper's warmup was sized for ImageNet; on a short run it would keep the lr near 0 throughout.
+        if self._warmup_is_default and self.warmup_steps > self.total_steps // 2:
+            # A default warmup sized for a longer run (the paper's ImageNet one) would keep the lr near 0 throughout.
+            whose = "suite's" if self.cfg.sources.get("warmup_steps", "").startswith("suite") else "method's"
             self.warmup_steps = max(1, self.total_steps // 10)
-            self.warmup_note = (f"the method's default warmup ({self.cfg.warmup_steps} steps) exceeds half of this "
+            self.warmup_note = (f"the {whose} default warmup ({self.cfg.warmup_steps} steps) exceeds half of this "
                                 f"{self.total_steps}-step run; using {self.warmup_steps} (10%); set --warmup-steps "
                                 "to override")
             self._print(f"note: {self.warmup_note}")
@@ -260,10 +268,25 @@ class Trainer:
             return
         state = ckpt.load_trainer_state(latest)
         model_state = ckpt.load_tensors(latest / ckpt.MODEL_FILE)
+        adapters = ckpt.load_tensors(latest / ckpt.ADAPTER_FILE) if self.lora_config is not None else None
+        try:
+            self._restore(state, model_state, adapters)
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"--resume: checkpoint {latest} does not fit this run ({type(exc).__name__}: {text}); "
+                            f"delete {latest} to resume from the previous checkpoint, or start a new --out") \
+                from None
+        self.last_checkpoint = latest
+        self._truncate_log(self.step)
+        self._print(f"resumed {self.run_dir} at step {self.step}/{self.total_steps} from {latest.name}")
+
+    def _restore(self, state: dict[str, Any], model_state: dict[str, torch.Tensor],
+                 adapters: dict[str, torch.Tensor] | None) -> None:
+        """Load a checkpoint's weights, optimiser, schedule, RNG and method state (raises on any mismatch)."""
         model = self.clip.model
         with torch.no_grad():
-            if self.lora_config is not None:
-                load_lora_state_dict(model, ckpt.load_tensors(latest / ckpt.ADAPTER_FILE))
+            if adapters is not None:
+                load_lora_state_dict(model, adapters)
                 adapted = set(lora_layers(model))
                 own = dict(model.named_parameters()) | dict(model.named_buffers())
                 for key, value in model_state.items():
@@ -279,10 +302,14 @@ class Trainer:
         ckpt.restore_rng_state(rng)
         self.method.load_state_dict(state.get("method", {}))
         self.step = int(state["step"])
-        self.history = list(state.get("history", []))
-        self.last_checkpoint = latest
-        self._truncate_log(self.step)
-        self._print(f"resumed {self.run_dir} at step {self.step}/{self.total_steps} from {latest.name}")
+        history = state.get("history", [])
+        if not isinstance(history, list):
+            raise TypeError("'history' is not a list")
+        self.history = list(history)
+
+    def _weight_limits(self) -> torch.Tensor:
+        """Per trainable tensor: the max |w| beyond which an update counts as diverged (see WEIGHT_GROWTH)."""
+        return WEIGHT_GROWTH * _max_abs(self.params).clamp_min(1.0)
 
     def _write_run_config(self) -> None:
         if not self.dist.is_main:
@@ -392,6 +419,8 @@ class Trainer:
         if not bool(torch.isfinite(reported).all() & torch.isfinite(gnorm)):
             self._non_finite(reported, gnorm)
         self.optimizer.step()
+        self._check_weights()
+        self._last_batch = (images, labels)
         self.scheduler.step()
         self.method.after_step(self.ctx, self.step + 1)
         out = {"loss": reported[0], "grad_norm": gnorm.detach().float()}
@@ -400,10 +429,53 @@ class Trainer:
 
     def _non_finite(self, loss: torch.Tensor, gnorm: torch.Tensor) -> None:
         what = f"loss {loss.item()}" if not torch.isfinite(loss).all() else f"gradient norm {gnorm.item()}"
+        self._stop(f"{what} is not finite")
+
+    def _check_weights(self) -> None:
+        """Stop if the update just made left a trainable tensor non-finite or far beyond its starting size."""
+        size = _max_abs(self.params)
+        ok = size <= self.weight_limits  # False for NaN as well
+        if bool(ok.all()):
+            return
+        i = int((~ok).nonzero()[0])
+        self._stop(f"the update diverged: {self.param_names[i]} reached max |w| = {size[i].item():.3g} "
+                   f"(limit {self.weight_limits[i].item():.3g})")
+
+    def _stop(self, what: str) -> None:
+        """Log the event and raise ``NonFiniteLossError`` naming the last good checkpoint."""
         kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint yet"
         self._log({"event": "non_finite", "step": self.step, "what": what})
-        raise NonFiniteLossError(f"training stopped at step {self.step}: {what} is not finite ({kept}); "
+        raise NonFiniteLossError(f"training stopped at step {self.step}: {what} ({kept}); "
                                  "lower --lr or --grad-clip and start a new run")
+
+    @torch.no_grad()
+    def _check_before_save(self) -> None:
+        """Refuse to save weights that are not finite or give a non-finite loss on the last training batch.
+
+        Uses the clean cross-entropy of the training head in eval mode (no dropout, no RNG draws, so saving
+        does not change the trajectory); every rank checks its own shard and all agree on the outcome.
+        """
+        model = self.clip.model
+        flags = torch.zeros(2, device=self.device)
+        tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+        flags[0] = (~torch.stack([torch.isfinite(t).all() for t in tensors])).sum().float()
+        loss = torch.zeros((), device=self.device)
+        if self._last_batch is not None:
+            images, labels = self._last_batch
+            was_training = model.training
+            model.eval()
+            try:
+                with self.ctx.autocast():
+                    loss = torch.nn.functional.cross_entropy(self.ctx.classifier(images).float(), labels)
+            finally:
+                model.train(was_training)
+            flags[1] = (~torch.isfinite(loss)).float()
+        flags = self.dist.all_reduce_sum(flags)
+        if flags[0] > 0:
+            self._stop(f"the weights after step {self.step} are not finite; not saving them")
+        if flags[1] > 0:
+            self._stop(f"the weights after step {self.step} give a non-finite loss on the last batch; not saving "
+                       "them")
 
     # ------------------------------------------------------------------ logging, validation, saving
 
@@ -429,19 +501,31 @@ class Trainer:
             fh.write(json.dumps(rec, default=str) + "\n")
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log records written after ``step`` by the run that was killed (they will be redone)."""
+        """Drop log records written after ``step`` by the run that was killed (they will be redone).
+
+        A torn last line (the kill) is dropped; any other unreadable line is a UserError naming it.
+        """
         path = self.run_dir / "log.jsonl"
-        if not self.dist.is_main or not path.is_file():
+        if not path.is_file():
             return
+        fix = "it is only a record (the checkpoints hold the training state): move it aside and resume again"
+        try:
+            lines = path.read_bytes().decode("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"--resume: cannot read {path} as text ({type(exc).__name__}); {fix}") from None
         keep = []
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line from the kill
-            if int(rec.get("step", 0)) <= step:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            rec = _log_record(line)
+            if rec is None:
+                if number == len(lines):
+                    continue  # a torn last line from the kill
+                raise UserError(f"--resume: {path} line {number} is not a JSON record with an integer 'step'; {fix}")
+            if rec.get("step", 0) <= step:
                 keep.append(line)
-        atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+        if self.dist.is_main:  # every rank read and checked it, so a bad log stops all of them alike
+            atomic_write_text(path, "".join(f"{line}\n" for line in keep))
 
     @torch.no_grad()
     def _validate(self) -> float | None:
@@ -478,6 +562,7 @@ class Trainer:
         return ZeroShotClassifier(self.clip.model, self._eval_head, self.clip.mean, self.clip.std).to(self.device)
 
     def _save(self) -> None:
+        self._check_before_save()
         rngs = ckpt.capture_rng_state()
         if self.dist.enabled:
             import torch.distributed as tdist
@@ -518,6 +603,29 @@ class Trainer:
             from tqdm.auto import tqdm
 
             tqdm.write(msg)
+
+
+@torch.no_grad()
+def _max_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """max |w| of each tensor as one float vector (NaN where a tensor holds a NaN); one fused pass."""
+    detached = [t.detach() for t in tensors]
+    if hasattr(torch, "_foreach_norm"):
+        return torch.stack(torch._foreach_norm(detached, float("inf"))).float()
+    return torch.stack([t.abs().amax().float() for t in detached])
+
+
+def _log_record(line: str) -> dict[str, Any] | None:
+    """One parsed log.jsonl line, or None when it is not an object with an integer ``step`` (if any)."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(rec, dict):
+        return None
+    step = rec.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int):
+        return None
+    return rec
 
 
 def _jsonable_history(state: dict[str, Any]) -> dict[str, Any]:

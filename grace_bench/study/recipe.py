@@ -156,12 +156,28 @@ def load_tuned_lr(path: Path = TUNED_LR_FILE) -> dict[str, float]:
                         "--tune`") from exc
 
 
+def _apply_suite_budget(recipe: StudyRecipe, suite: str) -> None:
+    """Take the shared budget (steps, batch, warm-up, threat model) from the suite's training defaults."""
+    from grace_bench.data.suites import get_suite
+
+    defaults = get_suite(suite).training_defaults()
+    if defaults is None:
+        return
+    for key, attr in (("max_steps", "steps"), ("batch_size", "batch_size"), ("warmup_steps", "warmup_steps")):
+        if key in defaults.trainer:
+            setattr(recipe, attr, defaults.trainer[key])
+    for key, attr in (("eps", "train_eps"), ("pgd_steps", "train_pgd_steps"), ("pgd_step_size", "train_pgd_step_size")):
+        if key in defaults.method_args:
+            setattr(recipe, attr, defaults.method_args[key])
+
+
 def study_recipe(suite: str = "micro", *, quick: bool = False, methods: list[str] | None = None,
                  seeds: int | None = None, steps: int | None = None, base: str | None = None,
                  data_root: str | None = None, lr_file: Path | None = None) -> StudyRecipe:
     """The default recipe of ``suite`` (micro: the shared CPU budget; others: each method's paper setting)."""
     if suite == "micro":
         recipe = StudyRecipe()
+        _apply_suite_budget(recipe, suite)  # the budget `grace-bench finetune --suite micro` uses too
         recipe.lr = load_tuned_lr(lr_file or TUNED_LR_FILE)
         recipe.lr_source = str((lr_file or TUNED_LR_FILE).name) if recipe.lr else "method defaults"
         if quick:

@@ -15,6 +15,8 @@ from typing import Any
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it over ``path``.
 
+    The result gets the mode a plain ``open(path, "w")`` would give (``0o666`` less the umask), even when
+    the writer replaced the temporary file (safetensors' ``save_file`` does, leaving it ``0o600``).
     On any exception the temporary file is removed and ``path`` is left untouched.
     """
     path = Path(path)
@@ -22,9 +24,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; give results the usual mode
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp (and writers that recreate the file) make 0600 files
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
@@ -62,6 +64,14 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (``os.umask`` alone must set it)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

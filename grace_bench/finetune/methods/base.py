@@ -20,6 +20,7 @@ Contract for ``loss``:
 from __future__ import annotations
 
 import contextlib
+import difflib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -203,7 +204,9 @@ class Method:
         for key, value in overrides.items():
             if key not in cls.defaults:
                 known = ", ".join(sorted(cls.defaults)) or "none"
-                raise UserError(f"method_args.{key}: method '{cls.name}' has no such setting; known: {known}")
+                close = difflib.get_close_matches(str(key), list(cls.defaults), n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise UserError(f"method_args.{key}: method '{cls.name}' has no such setting; {hint}known: {known}")
             out[key] = coerce_like(cls.defaults[key].value, value, f"method_args.{key}")
         return out
 

@@ -1,0 +1,118 @@
+"""Training defaults a suite owns: what ``grace-bench finetune --suite NAME`` uses for unset settings.
+
+Precedence (later wins): the method's paper defaults < the suite's ``TrainingDefaults`` < ``--config FILE``
+< command-line flags. A suite without training defaults (ImageNet) keeps the paper defaults. The micro
+suite reads its budget and its per-method learning rates (tuned on the validation split by
+``grace-bench compare --tune``) from ``grace_bench/study/micro_lr.json``, the file the study reads too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grace_bench.errors import UserError
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+MICRO_TUNING_FILE = PACKAGE_ROOT / "study" / "micro_lr.json"
+# tuning-file "budget" key -> (where it goes, FinetuneConfig or method_args key)
+_BUDGET_KEYS = {
+    "steps": ("trainer", "max_steps"), "batch_size": ("trainer", "batch_size"),
+    "warmup_steps": ("trainer", "warmup_steps"), "train_eps": ("method_args", "eps"),
+    "train_pgd_steps": ("method_args", "pgd_steps"), "train_pgd_step_size": ("method_args", "pgd_step_size"),
+}
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """A suite's fine-tuning defaults and where they come from.
+
+    * ``trainer``: ``FinetuneConfig`` keys (``max_steps`` or ``epochs``, ``batch_size``, ``warmup_steps`` ...).
+    * ``lr``: per method; the key is the method name for its default LoRA setting (GRACE: LoRA, the
+      others: full fine-tuning), ``NAME-lora`` for a LoRA run of a full-fine-tuning method and
+      ``NAME-full`` for a full run of a LoRA method.
+    * ``method_args``: method settings, applied to every method that has them (e.g. the threat model).
+    * ``source`` / ``lr_source``: recorded in ``config.json`` for each default taken from here.
+    """
+
+    source: str
+    lr_source: str = ""
+    trainer: Mapping[str, Any] = field(default_factory=dict)
+    lr: Mapping[str, float] = field(default_factory=dict)
+    method_args: Mapping[str, Any] = field(default_factory=dict)
+
+    def lr_for(self, method: str, *, lora: bool, lora_by_default: bool) -> float | None:
+        """The suite's learning rate for ``method`` (LoRA on or off), or None when it has none."""
+        if lora == lora_by_default:
+            key = method
+        else:
+            key = f"{method}-lora" if lora else f"{method}-full"
+        return self.lr.get(key)
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the checkout (``grace_bench/study/micro_lr.json``) when it lies inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(PACKAGE_ROOT.parent))
+    except ValueError:
+        return str(path)
+
+
+def from_tuning_file(suite: str, path: Path = MICRO_TUNING_FILE) -> TrainingDefaults:
+    """Training defaults from a ``compare --tune`` file: its ``budget`` and its ``selected`` learning rates."""
+    shown = display_path(path)
+    fix = "restore it from the repository or rerun `grace-bench compare --tune`"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"suite '{suite}' training defaults: {shown} is missing; {fix}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"suite '{suite}' training defaults: {shown} is not valid JSON ({_first_line(exc)}); "
+                        f"{fix}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("budget", {}), dict) \
+            or not isinstance(data.get("selected", {}), dict):
+        raise UserError(f"suite '{suite}' training defaults: {shown} must map 'budget' and 'selected' to objects; "
+                        f"{fix}")
+    trainer: dict[str, Any] = {}
+    method_args: dict[str, Any] = {}
+    for key, value in data.get("budget", {}).items():
+        if key in _BUDGET_KEYS:
+            where, name = _BUDGET_KEYS[key]
+            (trainer if where == "trainer" else method_args)[name] = value
+    lr: dict[str, float] = {}
+    for label, choice in data.get("selected", {}).items():
+        value = choice.get("lr") if isinstance(choice, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise UserError(f"suite '{suite}' training defaults: {shown} selected.{label}.lr must be a positive "
+                            f"number, got {value!r}; {fix}")
+        lr[str(label)] = float(value)
+    return TrainingDefaults(source=f"suite {suite} default ({shown}, study budget)",
+                            lr_source=f"suite {suite} default ({shown}, tuned on val)",
+                            trainer=trainer, lr=lr, method_args=method_args)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def suite_defaults_markdown() -> str:
+    """A Markdown table of every suite's fine-tuning defaults and their sources (for the README)."""
+    from grace_bench.data.suites import get_suite, list_suites
+
+    rows = ["| suite | setting | default | source |", "|---|---|---|---|"]
+    for name in list_suites():
+        if name.startswith("_"):
+            continue
+        defaults = get_suite(name).training_defaults()
+        if defaults is None:
+            rows.append(f"| {name} | (all) | method paper defaults | the method table |")
+            continue
+        for key, value in {**defaults.trainer, **defaults.method_args}.items():
+            rows.append(f"| {name} | {key} | {value!r} | {defaults.source} |")
+        for method, value in sorted(defaults.lr.items()):
+            rows.append(f"| {name} | lr ({method}) | {value!r} | {defaults.lr_source} |")
+    return "\n".join(rows)
