@@ -30,10 +30,6 @@ from tests.test_leaderboard import METHODS, fingerprint, summary_dict
 
 # Cases that fail on this branch only because another helper's fix is not merged yet (see the lead's issue):
 # delete this set after merging those branches; a case in it that passes makes the test fail (strict xfail).
-PENDING_OTHER_BRANCH: dict[str, str] = {
-    "finetune-corrupt-config-on-resume": "helper D: a corrupt config.json on finetune --resume is one line",
-}
-
 LOCK_SUFFIXES = (".lock",)
 TINY = "tiny-clip"
 
@@ -321,13 +317,7 @@ CASES = [
 ]
 
 
-def _marks(case: Case):
-    if case.id in PENDING_OTHER_BRANCH:
-        return [pytest.mark.xfail(strict=True, reason=PENDING_OTHER_BRANCH[case.id])]
-    return []
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=_marks(c)) for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, assets, tmp_path, monkeypatch, capsys):
     ws = tmp_path / "ws"
     ws.mkdir()
