@@ -35,4 +35,4 @@ def micro_clip():
     """The pretrained micro-CLIP (pretrained once per cache dir; CI caches it in .ci-cache)."""
     from grace_bench.models.micro import load_micro_clip
 
-    return load_micro_clip(progress=False)
+    return load_micro_clip()

@@ -12,12 +12,16 @@
   reference classifier (logistic regression on the plain train split, seed 0) gets them wrong, the
   way ImageNet-A was filtered against ResNet-50.
 
-Every set is generated deterministically from a seed; nothing is downloaded.
+Every set is generated deterministically from a seed; nothing is downloaded. Generated sets are cached as
+``.npz`` files in the cache folder (``$GRACE_BENCH_CACHE``), keyed by ``MICRO_DATA_VERSION``, the seeds and the
+versions of the packages that compute them; a missing or unreadable cache file is simply regenerated.
 """
 
 from __future__ import annotations
 
+import logging
 from functools import cache, lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +31,9 @@ from grace_bench.data import micro_render as R
 from grace_bench.data.micro_text import MICRO_CLASSNAMES, MICRO_TEMPLATES, SINGLE_TEMPLATE
 from grace_bench.data.suites import DatasetSpec, Suite, register_suite
 from grace_bench.errors import UserError
+from grace_bench.utils.atomic import atomic_path
+from grace_bench.utils.cache import cache_dir
+from grace_bench.utils.hashing import config_hash
 
 __all__ = [
     "MICRO_CLASSNAMES", "MICRO_TEMPLATES", "SINGLE_TEMPLATE", "MICRO_DATASETS", "micro_dataset",
@@ -38,6 +45,10 @@ SHIFT_SEEDS = {"micro-v2": 101, "micro-sketch": 102, "micro-r": 103, "micro-a": 
 MICRO_A_VARIANTS = 6
 MICRO_A_MAX = 600
 MICRO_DATASETS = ("micro", "micro-v2", "micro-sketch", "micro-r", "micro-a")
+# Bump whenever a change to this module (or micro_render) changes any generated image or label.
+MICRO_DATA_VERSION = "micro-data-1"
+
+_log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -156,15 +167,11 @@ def _reference_classifier():
     return LogisticRegression(max_iter=2000, C=0.5, random_state=0).fit(feats, y)
 
 
-@cache
-def _build(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _generate(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Render one micro set from scratch (deterministic)."""
     if name == "micro":
         x8, y = _split(split)
-        return torch.from_numpy(_render_id(x8)), torch.from_numpy(y)
-    if name not in SHIFT_SEEDS:
-        raise UserError(f"unknown micro dataset '{name}'; choose one of: {', '.join(MICRO_DATASETS)}")
-    if split != "test":
-        raise UserError(f"micro shift '{name}' only has a test split")
+        return np.ascontiguousarray(_render_id(x8), dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64)
     x8, y = _split("test")
     rng = np.random.default_rng(SHIFT_SEEDS[name])
     if name == "micro-v2":
@@ -178,7 +185,68 @@ def _build(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         wrong = _reference_classifier().predict(pool[:, 0].reshape(len(pool), -1)) != y[src]
         keep = np.sort(rng.permutation(np.flatnonzero(wrong))[:MICRO_A_MAX])
         img, y = pool[keep], y[src][keep]
-    return torch.from_numpy(np.ascontiguousarray(img)), torch.from_numpy(np.ascontiguousarray(y))
+    return np.ascontiguousarray(img, dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64)
+
+
+def _check_name(name: str, split: str) -> None:
+    if name == "micro":
+        if split not in ("train", "val", "test"):
+            raise UserError(f"unknown micro split '{split}'; use train, val or test")
+        return
+    if name not in SHIFT_SEEDS:
+        raise UserError(f"unknown micro dataset '{name}'; choose one of: {', '.join(MICRO_DATASETS)}")
+    if split != "test":
+        raise UserError(f"micro shift '{name}' only has a test split")
+
+
+def data_cache_path(name: str, split: str) -> Path:
+    """The cache file of one micro set; its name changes with everything that determines the data."""
+    from importlib.metadata import version
+
+    key = config_hash({
+        "version": MICRO_DATA_VERSION, "name": name, "split": split, "split_seed": SPLIT_SEED,
+        "shift_seeds": SHIFT_SEEDS, "micro_a": [MICRO_A_VARIANTS, MICRO_A_MAX], "size": R.SIZE,
+        "packages": {p: version(p) for p in ("numpy", "torch", "scikit-learn")},
+    })
+    return cache_dir() / "micro-data" / f"{name}-{split}-{key}.npz"
+
+
+def _read_cached(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The arrays of a cache file, or None when it is missing or unreadable (then it is regenerated)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            x, y = f["x"], f["y"]
+    except Exception as e:  # noqa: BLE001 - a truncated or garbled file raises many types; regenerate it
+        _log.warning("regenerating unreadable micro data cache %s (%s)", path, e)
+        return None
+    ok = (x.dtype == np.float32 and y.dtype == np.int64 and x.ndim == 4 and x.shape[1:] == (3, R.SIZE, R.SIZE)
+          and y.shape == (len(x),) and bool(np.isfinite(x).all()))
+    if not ok:
+        _log.warning("regenerating malformed micro data cache %s", path)
+        return None
+    return x, y
+
+
+def _write_cache(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, x=x, y=y)
+    except OSError as e:  # an unwritable cache only costs time
+        _log.warning("could not cache micro data at %s (%s)", path, e)
+
+
+@cache
+def _build(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_name(name, split)
+    path = data_cache_path(name, split)
+    arrays = _read_cached(path)
+    if arrays is None:
+        arrays = _generate(name, split)
+        _write_cache(path, *arrays)
+    x, y = arrays
+    return torch.from_numpy(x), torch.from_numpy(y)
 
 
 def micro_dataset(name: str, split: str = "test") -> TensorDataset:

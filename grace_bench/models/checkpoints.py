@@ -115,13 +115,19 @@ def instantiate_clip_model(model_name: str, *, spec: str, pretrained: str | None
 
     ``pretrained`` may be a local weights file, loaded by OpenCLIP itself (weights only, strict).
     """
+    from contextlib import nullcontext
+
     import open_clip
 
+    from grace_bench.models.loading import no_random_init_warning
+
     register_model_configs()
+    quiet = no_random_init_warning() if pretrained is None else nullcontext()  # the caller loads the weights
     try:
-        model = open_clip.create_model(model_name, pretrained=pretrained, load_weights=pretrained is not None,
-                                       force_quick_gelu=force_quick_gelu,
-                                       force_preprocess_cfg=dict(preprocess_cfg or {}))
+        with quiet:
+            model = open_clip.create_model(model_name, pretrained=pretrained, load_weights=pretrained is not None,
+                                           force_quick_gelu=force_quick_gelu,
+                                           force_preprocess_cfg=dict(preprocess_cfg or {}))
     except Exception as e:  # noqa: BLE001 - OpenCLIP raises RuntimeError/ValueError/FileNotFoundError
         raise UserError(f"could not build OpenCLIP model '{model_name}' ({_short(e)}); check the spec") from e
     model.eval()
