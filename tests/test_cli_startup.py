@@ -96,3 +96,8 @@ def test_threads_env_is_the_default(monkeypatch, value):
     assert resolve_threads(4) == 4  # the flag wins
     monkeypatch.delenv("GRACE_BENCH_THREADS")
     assert resolve_threads(None) is None  # leave torch's default
+
+
+def test_finetune_method_flags_are_added_when_finetune_is_parsed():
+    args = build_parser().parse_args(["finetune", "--method", "tecoa", "--eps", "2/255", "--threads", "1"])
+    assert args.m__eps == "2/255" and args.threads == 1

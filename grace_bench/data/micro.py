@@ -10,7 +10,8 @@
 * ``micro-a`` (nat-adv, like ImageNet-A): plain renderings of the test digits under strong natural
   nuisances (rotation, zoom, off-centre framing, occluders, clutter strokes), kept only when a fixed
   reference classifier (logistic regression on the plain train split, seed 0) gets them wrong, the
-  way ImageNet-A was filtered against ResNet-50.
+  way ImageNet-A was filtered against ResNet-50. The selection ships in ``resources/micro_a_selection.txt``
+  (the fit's margin cases vary with BLAS threads and CPU; the shipped list makes micro-a the same everywhere).
 
 Every set is generated deterministically from a seed; nothing is downloaded. Generated sets are cached as
 ``.npz`` files in the cache folder (``$GRACE_BENCH_CACHE``), keyed by ``MICRO_DATA_VERSION``, the seeds and the
@@ -46,7 +47,9 @@ MICRO_A_VARIANTS = 6
 MICRO_A_MAX = 600
 MICRO_DATASETS = ("micro", "micro-v2", "micro-sketch", "micro-r", "micro-a")
 # Bump whenever a change to this module (or micro_render) changes any generated image or label.
-MICRO_DATA_VERSION = "micro-data-2"
+MICRO_DATA_VERSION = "micro-data-3"
+# micro-a's images: indices into its nuisance pool, made once by ``select_micro_a`` (see that function).
+MICRO_A_SELECTION = Path(__file__).parent / "resources" / "micro_a_selection.txt"
 
 _log = logging.getLogger(__name__)
 
@@ -179,6 +182,36 @@ def one_blas_thread():
     return threadpool_limits(limits=1)
 
 
+def select_micro_a() -> np.ndarray:
+    """Recompute micro-a's selection: sorted nuisance-pool indices the reference classifier gets wrong.
+
+    At most ``MICRO_A_MAX`` of them, drawn at random (seed ``SHIFT_SEEDS["micro-a"]``). One flipped prediction
+    near the classifier's margin reshuffles the whole draw, so ``micro-a`` uses the selection shipped in
+    ``MICRO_A_SELECTION`` (made by this function) and is the same on every machine.
+    """
+    x8, y = _split("test")
+    rng = np.random.default_rng(SHIFT_SEEDS["micro-a"])
+    pool, src = _nuisance_pool(x8, rng)
+    with one_blas_thread():
+        wrong = _reference_classifier().predict(pool[:, 0].reshape(len(pool), -1)) != y[src]
+    return np.sort(rng.permutation(np.flatnonzero(wrong))[:MICRO_A_MAX])
+
+
+@lru_cache(maxsize=1)
+def shipped_micro_a_selection() -> np.ndarray:
+    """The nuisance-pool indices micro-a keeps, read from ``MICRO_A_SELECTION`` (one per line, ``#`` comments)."""
+    lines = [ln.strip() for ln in MICRO_A_SELECTION.read_text().splitlines()]
+    try:
+        keep = np.array([int(ln) for ln in lines if ln and not ln.startswith("#")], dtype=np.int64)
+    except ValueError:
+        keep = np.array([], dtype=np.int64)
+    pool_size = len(split_indices()["test"]) * MICRO_A_VARIANTS
+    if len(keep) != MICRO_A_MAX or len(np.unique(keep)) != len(keep) or keep.min() < 0 or keep.max() >= pool_size:
+        raise UserError(f"{MICRO_A_SELECTION} is damaged (expected {MICRO_A_MAX} distinct pool indices below "
+                        f"{pool_size}); reinstall grace-bench")
+    return keep
+
+
 def _generate(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Render one micro set from scratch (deterministic)."""
     if name == "micro":
@@ -194,9 +227,7 @@ def _generate(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         img = _render_r(x8, rng)
     else:
         pool, src = _nuisance_pool(x8, rng)
-        with one_blas_thread():
-            wrong = _reference_classifier().predict(pool[:, 0].reshape(len(pool), -1)) != y[src]
-        keep = np.sort(rng.permutation(np.flatnonzero(wrong))[:MICRO_A_MAX])
+        keep = shipped_micro_a_selection()
         img, y = pool[keep], y[src][keep]
     return np.ascontiguousarray(img, dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64)
 
