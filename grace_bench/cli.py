@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -79,27 +80,48 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _add_micro_parser(sub) -> None:
     p = sub.add_parser("micro", help="the built-in micro suite and micro-CLIP")
     msub = p.add_subparsers(dest="micro_cmd", required=True)
-    pre = msub.add_parser("pretrain", help="(re)build the cached micro-CLIP by contrastive pretraining")
+    pre = msub.add_parser(
+        "pretrain", help="rerun micro-CLIP's pretraining into the cache folder (the shipped weights stay the default)",
+        description="Rerun the pretraining recipe of micro-CLIP and write the weights into the cache folder "
+                    "($GRACE_BENCH_CACHE). The result depends on the CPU, the thread count and library versions, so "
+                    "it usually differs from the shipped weights, which every command keeps using for `micro`; "
+                    "evaluate a rebuild with `grace-bench eval micro-clip:/path/to/rebuild.safetensors`.")
     pre.add_argument("--no-progress", action="store_true")
     pre.set_defaults(func=_run_micro_pretrain)
-    info = msub.add_parser("info", help="where micro-CLIP is cached and the sizes of the micro datasets")
+    info = msub.add_parser("info", help="micro-CLIP's shipped weights (and any rebuild) and the micro dataset sizes")
     info.set_defaults(func=_run_micro_info)
 
 
 def _run_micro_pretrain(args: argparse.Namespace) -> int:
-    from grace_bench.models.micro import ensure_micro_weights
+    from grace_bench.models.micro import SHIPPED_WEIGHTS, rebuild_micro_weights, weights_fingerprint
 
-    path = ensure_micro_weights(rebuild=True, progress=not args.no_progress)
-    print(f"micro-CLIP written to {path}")
+    out = rebuild_micro_weights(progress=not args.no_progress)
+    shipped = weights_fingerprint(SHIPPED_WEIGHTS)
+    print(f"micro-CLIP rebuilt in {out['seconds']:.0f} s ({out['image_steps_run']} image steps, "
+          f"val accuracy {out['val_accuracy']:.3f}): {out['path']}")
+    print(f"  fingerprint of the rebuild:     {out['fingerprint']}")
+    print(f"  fingerprint of shipped weights: {shipped}  ({SHIPPED_WEIGHTS})")
+    if out["fingerprint"] == shipped:
+        print("The rebuild is bit-identical to the shipped weights.")
+    else:
+        print("The rebuild differs from the shipped weights: pretraining depends on the CPU's instruction set, the "
+              "thread count and library versions. Every command still uses the shipped weights for `micro`.")
+    print(f"Evaluate the rebuild with: grace-bench eval micro-clip:{out['path']}")
     return 0
 
 
 def _run_micro_info(args: argparse.Namespace) -> int:
     from grace_bench.data.micro import MICRO_DATASETS, micro_dataset
-    from grace_bench.models.micro import micro_weights_path
+    from grace_bench.models.micro import SHIPPED_WEIGHTS, rebuilt_weights_path, weights_fingerprint
 
-    path = micro_weights_path()
-    print(f"micro-CLIP weights: {path} ({'cached' if path.exists() else 'not built yet'})")
+    print(f"micro-CLIP shipped weights: {SHIPPED_WEIGHTS}")
+    print(f"  fingerprint: {weights_fingerprint(SHIPPED_WEIGHTS)}  (spec `micro`)")
+    rebuilt = rebuilt_weights_path()
+    if rebuilt.is_file():
+        print(f"micro-CLIP rebuild (grace-bench micro pretrain): {rebuilt}")
+        print(f"  fingerprint: {weights_fingerprint(rebuilt)}  (spec `micro-clip:{rebuilt}`)")
+    else:
+        print("micro-CLIP rebuild: none (`grace-bench micro pretrain` makes one in the cache folder)")
     for split in ("train", "val", "test"):
         print(f"micro/{split}: {len(micro_dataset('micro', split))} images")
     for name in MICRO_DATASETS[1:]:
@@ -107,31 +129,65 @@ def _run_micro_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _optional_parsers() -> list[Callable]:
-    """Subcommands contributed by other modules (each module registers its own parser)."""
-    adders = []
-    for module, name in (
-        ("grace_bench.models.convert", "add_convert_parser"),
-        ("grace_bench.finetune.cli", "add_finetune_parser"),
-        ("grace_bench.finetune.cli", "add_wise_parser"),
-        ("grace_bench.geometry.cli", "add_geometry_parser"),
-        ("grace_bench.plots.cli", "add_plot_parser"),
-        ("grace_bench.leaderboard.cli", "add_leaderboard_parser"),
-        ("grace_bench.study.cli", "add_compare_parser"),
-    ):
-        try:
-            mod = __import__(module, fromlist=[name])
-        except ModuleNotFoundError as exc:
-            if exc.name and module.startswith(exc.name):
-                continue
-            raise
-        if hasattr(mod, name):
-            adders.append(getattr(mod, name))
-    return adders
+# Modules that register subcommands: (module, function). Each must import without torch (``--help`` stays fast).
+SUBCOMMAND_MODULES: tuple[tuple[str, str], ...] = (
+    ("grace_bench.models.convert", "add_convert_parser"),
+    ("grace_bench.finetune.cli", "add_finetune_parser"),
+    ("grace_bench.finetune.cli", "add_wise_parser"),
+    ("grace_bench.geometry.cli", "add_geometry_parser"),
+    ("grace_bench.plots.cli", "add_plot_parser"),
+    ("grace_bench.leaderboard.cli", "add_leaderboard_parser"),
+    ("grace_bench.study.cli", "add_compare_parser"),
+)
+
+
+class GraceArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser that can defer adding arguments whose definitions need heavy imports (torch).
+
+    ``defer(add)`` runs ``add(parser)`` just before this parser parses or prints its help, so building the
+    whole command tree (and ``grace-bench --help``) imports nothing heavy.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._deferred: list[Callable[[argparse.ArgumentParser], None]] = []
+
+    def defer(self, add: Callable[[argparse.ArgumentParser], None]) -> None:
+        self._deferred.append(add)
+
+    def _run_deferred(self) -> None:
+        while self._deferred:
+            self._deferred.pop(0)(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._run_deferred()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._run_deferred()
+        return super().format_help()
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every (nested) subcommand parser below it."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                found += _all_parsers(child)
+    return found
+
+
+def _add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N`` on every command and subcommand (given anywhere on the line)."""
+    from grace_bench.utils.runtime_info import THREADS_HELP
+
+    for p in _all_parsers(parser):
+        p.add_argument("--threads", type=int, metavar="N", default=argparse.SUPPRESS, help=THREADS_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = GraceArgumentParser(
         prog="grace-bench",
         description="Robust fine-tuning of CLIP (GRACE and baselines), three-axis evaluation and geometry.",
     )
@@ -139,8 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     _add_eval_parser(sub)
     _add_micro_parser(sub)
-    for add in _optional_parsers():
-        add(sub)
+    for module, name in SUBCOMMAND_MODULES:
+        getattr(importlib.import_module(module), name)(sub)
+    _add_threads_option(parser)
     return parser
 
 
@@ -157,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
+        from grace_bench.utils.runtime_info import apply_threads
+
+        apply_threads(getattr(args, "threads", None))
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"error: {one_line_message(exc)}", file=sys.stderr)  # one line even when raised in a loader worker

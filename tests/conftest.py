@@ -32,7 +32,7 @@ def tiny_classifier(tiny_clip):
 
 @pytest.fixture(scope="session")
 def micro_clip():
-    """The pretrained micro-CLIP (pretrained once per cache dir; CI caches it in .ci-cache)."""
+    """The pretrained micro-CLIP, loaded from the weights shipped in the package."""
     from grace_bench.models.micro import load_micro_clip
 
-    return load_micro_clip(progress=False)
+    return load_micro_clip()

@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 
-def _run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def _run(*args: str, cwd=None, cache=None) -> subprocess.CompletedProcess:
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", **({"GRACE_BENCH_CACHE": str(cache)} if cache else {})}
     return subprocess.run([sys.executable, "-m", "grace_bench", *args], capture_output=True, text=True, cwd=cwd,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=300)
+                          env=env, timeout=300)
 
 
 def test_eval_missing_checkpoint_is_one_line(tmp_path):
@@ -23,7 +24,7 @@ def test_eval_missing_checkpoint_is_one_line(tmp_path):
 def test_unknown_suite_and_bad_eps(tmp_path):
     r = _run("eval", "tiny-clip:/no/file.safetensors", "--suite", "nope")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    r = _run("micro", "info")
+    r = _run("micro", "info", cache=tmp_path / "cache")
     assert r.returncode == 0 and "micro-a" in r.stdout
 
 

@@ -219,7 +219,7 @@ def test_grace_raises_pgd_robust_accuracy_over_ft_on_micro(tmp_path):
     for name, extra in {"ft": {"method": "ft", "lr": 3e-5},
                         "grace": {"method": "grace", "lora_rank": INTEGRATION["lora_rank"], "lr": INTEGRATION["lr"],
                                   "method_args": INTEGRATION["grace_args"]}}.items():
-        clip = load_micro_clip(progress=False)
+        clip = load_micro_clip()
         train(FinetuneConfig(out=str(tmp_path / name), **common, **extra), clip=clip)
         results[name] = _pgd_robust_accuracy(clip, x_test, y_test)
     (ft_clean, ft_robust), (grace_clean, grace_robust) = results["ft"], results["grace"]

@@ -204,7 +204,7 @@ def micro_study(tmp_path_factory):
     from grace_bench.models.micro import load_micro_clip
     from grace_bench.utils.atomic import atomic_save_safetensors, atomic_write_json
 
-    zs = load_micro_clip(progress=False)
+    zs = load_micro_clip()
     atomic_save_safetensors(zs_dir / "model.safetensors", zs.model.state_dict(), metadata={"arch": zs.arch})
     atomic_write_json(zs_dir / "config.json", {"arch": zs.arch, "base": "micro", "method": "zero-shot"})
     scores = {"zero-shot": _micro_scores(zs_dir, test)}

@@ -29,8 +29,7 @@ def test_shifts_are_deterministic_and_in_range():
         x, y = M.micro_dataset(name).tensors
         assert x.shape[1:] == (3, 32, 32) and x.dtype == torch.float32
         assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
-        M._build.cache_clear()
-        x2, y2 = M.micro_dataset(name).tensors
+        x2, y2 = map(torch.from_numpy, M._generate(name, "test"))  # generated afresh, not read from the cache
         assert _digest(x) == _digest(x2) and torch.equal(y, y2)
 
 
@@ -67,3 +66,23 @@ def test_micro_clip_zero_shot_profile(micro_clip):
     for name in ("micro-v2", "micro-sketch", "micro-r", "micro-a"):
         assert acc[name] < acc["micro"] - 0.05, acc
     assert acc["micro-a"] == min(acc.values()), acc
+
+
+@pytest.mark.regression
+def test_shipped_micro_a_selection_is_what_the_generator_draws_here():
+    """The shipped selection was made by ``select_micro_a``; on another CPU the fit's margin cases may differ."""
+    assert np.array_equal(M.select_micro_a(), M.shipped_micro_a_selection())
+
+
+def test_damaged_micro_a_selection_is_a_user_error(tmp_path, monkeypatch):
+    from grace_bench.errors import UserError
+
+    bad = tmp_path / "selection.txt"
+    bad.write_text("# header\n1\n2\nthree\n")
+    monkeypatch.setattr(M, "MICRO_A_SELECTION", bad)
+    M.shipped_micro_a_selection.cache_clear()
+    try:
+        with pytest.raises(UserError, match="reinstall"):
+            M.shipped_micro_a_selection()
+    finally:
+        M.shipped_micro_a_selection.cache_clear()

@@ -10,14 +10,19 @@
 * ``micro-a`` (nat-adv, like ImageNet-A): plain renderings of the test digits under strong natural
   nuisances (rotation, zoom, off-centre framing, occluders, clutter strokes), kept only when a fixed
   reference classifier (logistic regression on the plain train split, seed 0) gets them wrong, the
-  way ImageNet-A was filtered against ResNet-50.
+  way ImageNet-A was filtered against ResNet-50. The selection ships in ``resources/micro_a_selection.txt``
+  (the fit's margin cases vary with BLAS threads and CPU; the shipped list makes micro-a the same everywhere).
 
-Every set is generated deterministically from a seed; nothing is downloaded.
+Every set is generated deterministically from a seed; nothing is downloaded. Generated sets are cached as
+``.npz`` files in the cache folder (``$GRACE_BENCH_CACHE``), keyed by ``MICRO_DATA_VERSION``, the seeds and the
+versions of the packages that compute them; a missing or unreadable cache file is simply regenerated.
 """
 
 from __future__ import annotations
 
+import logging
 from functools import cache, lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +33,9 @@ from grace_bench.data.micro_text import MICRO_CLASSNAMES, MICRO_TEMPLATES, SINGL
 from grace_bench.data.suites import DatasetSpec, Suite, register_suite
 from grace_bench.data.training_defaults import from_tuning_file
 from grace_bench.errors import UserError
+from grace_bench.utils.atomic import atomic_path
+from grace_bench.utils.cache import cache_dir
+from grace_bench.utils.hashing import config_hash
 
 __all__ = [
     "MICRO_CLASSNAMES", "MICRO_TEMPLATES", "SINGLE_TEMPLATE", "MICRO_DATASETS", "micro_dataset",
@@ -39,6 +47,12 @@ SHIFT_SEEDS = {"micro-v2": 101, "micro-sketch": 102, "micro-r": 103, "micro-a": 
 MICRO_A_VARIANTS = 6
 MICRO_A_MAX = 600
 MICRO_DATASETS = ("micro", "micro-v2", "micro-sketch", "micro-r", "micro-a")
+# Bump whenever a change to this module (or micro_render) changes any generated image or label.
+MICRO_DATA_VERSION = "micro-data-3"
+# micro-a's images: indices into its nuisance pool, made once by ``select_micro_a`` (see that function).
+MICRO_A_SELECTION = Path(__file__).parent / "resources" / "micro_a_selection.txt"
+
+_log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -154,18 +168,56 @@ def _reference_classifier():
 
     x8, y = _split("train")
     feats = _render_id(x8)[:, 0].reshape(len(y), -1)
-    return LogisticRegression(max_iter=2000, C=0.5, random_state=0).fit(feats, y)
+    with one_blas_thread():
+        return LogisticRegression(max_iter=2000, C=0.5, random_state=0).fit(feats, y)
 
 
-@cache
-def _build(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def one_blas_thread():
+    """A context that runs BLAS/OpenMP single-threaded, so micro-a is the same whatever the thread count.
+
+    The logistic-regression fit, and so which images micro-a keeps, changes with the BLAS thread count
+    (measured on 2 cores: micro-CLIP gets 112/600 right with 1 thread, 127/600 with 2 or more).
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
+def select_micro_a() -> np.ndarray:
+    """Recompute micro-a's selection: sorted nuisance-pool indices the reference classifier gets wrong.
+
+    At most ``MICRO_A_MAX`` of them, drawn at random (seed ``SHIFT_SEEDS["micro-a"]``). One flipped prediction
+    near the classifier's margin reshuffles the whole draw, so ``micro-a`` uses the selection shipped in
+    ``MICRO_A_SELECTION`` (made by this function) and is the same on every machine.
+    """
+    x8, y = _split("test")
+    rng = np.random.default_rng(SHIFT_SEEDS["micro-a"])
+    pool, src = _nuisance_pool(x8, rng)
+    with one_blas_thread():
+        wrong = _reference_classifier().predict(pool[:, 0].reshape(len(pool), -1)) != y[src]
+    return np.sort(rng.permutation(np.flatnonzero(wrong))[:MICRO_A_MAX])
+
+
+@lru_cache(maxsize=1)
+def shipped_micro_a_selection() -> np.ndarray:
+    """The nuisance-pool indices micro-a keeps, read from ``MICRO_A_SELECTION`` (one per line, ``#`` comments)."""
+    lines = [ln.strip() for ln in MICRO_A_SELECTION.read_text().splitlines()]
+    try:
+        keep = np.array([int(ln) for ln in lines if ln and not ln.startswith("#")], dtype=np.int64)
+    except ValueError:
+        keep = np.array([], dtype=np.int64)
+    pool_size = len(split_indices()["test"]) * MICRO_A_VARIANTS
+    if len(keep) != MICRO_A_MAX or len(np.unique(keep)) != len(keep) or keep.min() < 0 or keep.max() >= pool_size:
+        raise UserError(f"{MICRO_A_SELECTION} is damaged (expected {MICRO_A_MAX} distinct pool indices below "
+                        f"{pool_size}); reinstall grace-bench")
+    return keep
+
+
+def _generate(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Render one micro set from scratch (deterministic)."""
     if name == "micro":
         x8, y = _split(split)
-        return torch.from_numpy(_render_id(x8)), torch.from_numpy(y)
-    if name not in SHIFT_SEEDS:
-        raise UserError(f"unknown micro dataset '{name}'; choose one of: {', '.join(MICRO_DATASETS)}")
-    if split != "test":
-        raise UserError(f"micro shift '{name}' only has a test split")
+        return np.ascontiguousarray(_render_id(x8), dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64)
     x8, y = _split("test")
     rng = np.random.default_rng(SHIFT_SEEDS[name])
     if name == "micro-v2":
@@ -176,10 +228,70 @@ def _build(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         img = _render_r(x8, rng)
     else:
         pool, src = _nuisance_pool(x8, rng)
-        wrong = _reference_classifier().predict(pool[:, 0].reshape(len(pool), -1)) != y[src]
-        keep = np.sort(rng.permutation(np.flatnonzero(wrong))[:MICRO_A_MAX])
+        keep = shipped_micro_a_selection()
         img, y = pool[keep], y[src][keep]
-    return torch.from_numpy(np.ascontiguousarray(img)), torch.from_numpy(np.ascontiguousarray(y))
+    return np.ascontiguousarray(img, dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64)
+
+
+def _check_name(name: str, split: str) -> None:
+    if name == "micro":
+        if split not in ("train", "val", "test"):
+            raise UserError(f"unknown micro split '{split}'; use train, val or test")
+        return
+    if name not in SHIFT_SEEDS:
+        raise UserError(f"unknown micro dataset '{name}'; choose one of: {', '.join(MICRO_DATASETS)}")
+    if split != "test":
+        raise UserError(f"micro shift '{name}' only has a test split")
+
+
+def data_cache_path(name: str, split: str) -> Path:
+    """The cache file of one micro set; its name changes with everything that determines the data."""
+    from importlib.metadata import version
+
+    key = config_hash({
+        "version": MICRO_DATA_VERSION, "name": name, "split": split, "split_seed": SPLIT_SEED,
+        "shift_seeds": SHIFT_SEEDS, "micro_a": [MICRO_A_VARIANTS, MICRO_A_MAX], "size": R.SIZE,
+        "packages": {p: version(p) for p in ("numpy", "torch", "scikit-learn")},
+    })
+    return cache_dir() / "micro-data" / f"{name}-{split}-{key}.npz"
+
+
+def _read_cached(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The arrays of a cache file, or None when it is missing or unreadable (then it is regenerated)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            x, y = f["x"], f["y"]
+    except Exception as e:  # noqa: BLE001 - a truncated or garbled file raises many types; regenerate it
+        _log.warning("regenerating unreadable micro data cache %s (%s)", path, e)
+        return None
+    ok = (x.dtype == np.float32 and y.dtype == np.int64 and x.ndim == 4 and x.shape[1:] == (3, R.SIZE, R.SIZE)
+          and y.shape == (len(x),) and bool(np.isfinite(x).all()))
+    if not ok:
+        _log.warning("regenerating malformed micro data cache %s", path)
+        return None
+    return x, y
+
+
+def _write_cache(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, x=x, y=y)
+    except OSError as e:  # an unwritable cache only costs time
+        _log.warning("could not cache micro data at %s (%s)", path, e)
+
+
+@cache
+def _build(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_name(name, split)
+    path = data_cache_path(name, split)
+    arrays = _read_cached(path)
+    if arrays is None:
+        arrays = _generate(name, split)
+        _write_cache(path, *arrays)
+    x, y = arrays
+    return torch.from_numpy(x), torch.from_numpy(y)
 
 
 def micro_dataset(name: str, split: str = "test") -> TensorDataset:

@@ -25,7 +25,7 @@ def head_cache_key(fingerprint: str, templates: Sequence[str], classnames: Seque
 
 
 def head_cache_dir() -> Path:
-    from grace_bench.models.micro import cache_dir
+    from grace_bench.utils.cache import cache_dir
 
     return cache_dir() / "heads"
 

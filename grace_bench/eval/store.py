@@ -17,9 +17,11 @@ RESULT_SCHEMA = "grace-bench/result/v1"
 SUMMARY_SCHEMA = "grace-bench/summary/v1"
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that can change a number."""
+def package_versions() -> dict[str, Any]:
+    """Versions of the packages that can change a number, and the machine (``runtime``: threads, CPU, GPU)."""
     from importlib.metadata import PackageNotFoundError, version
+
+    from grace_bench.utils.runtime_info import runtime_info
 
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for pkg in ("grace-bench", "torch", "torchvision", "open_clip_torch", "pyautoattack", "numpy", "scikit-learn"):
@@ -27,6 +29,7 @@ def package_versions() -> dict[str, str]:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             out[pkg] = "not installed"
+    out["runtime"] = runtime_info()
     return out
 
 

@@ -91,7 +91,10 @@ def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
         description="Train on a suite's ID training split and write runs/NAME (config.json, model.safetensors, "
                     "checkpoints/, log.jsonl). Under torchrun this runs DDP.")
     _add_run_flags(p)
-    _add_method_flags(p)
+    if hasattr(p, "defer"):  # the method registry imports torch: add its flags only when `finetune` is used
+        p.defer(_add_method_flags)
+    else:
+        _add_method_flags(p)
     p.set_defaults(func=run_finetune)
     return p
 

@@ -35,6 +35,7 @@ from grace_bench.finetune.methods.base import Method, TrainContext, tower_of
 from grace_bench.models.lora import LoRAConfig, apply_lora, load_lora_state_dict, lora_layers, lora_state_dict, merge
 from grace_bench.models.zero_shot import ZeroShotClassifier
 from grace_bench.utils.atomic import atomic_write_json, atomic_write_text
+from grace_bench.utils.runtime_info import runtime_info
 
 # An update that makes a trainable tensor's max |w| exceed this many times max(1, its starting max |w|) diverged.
 WEIGHT_GROWTH = 1e4
@@ -334,7 +335,7 @@ class Trainer:
             "warmup_note": self.warmup_note,
             "world_size": self.dist.world_size,
             "train_templates": self.ctx.train_templates,
-            "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__},
+            "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__, "runtime": runtime_info()},
         })
         return rec
 

@@ -2,46 +2,56 @@
 
 Every tool takes an ``nn.Module`` (usually a ``ZeroShotClassifier``) and fixed data; none re-implements
 CLIP plumbing. See each module's docstring for the exact definitions it computes.
+
+Names are imported lazily, so importing ``grace_bench.geometry.cli`` (done by every ``grace-bench`` start)
+does not load torch.
 """
 
-from grace_bench.geometry.features import (
-    MinibatchCKA,
-    centroid_cosine,
-    cka,
-    delta_lid,
-    gram_drift,
-    gram_linear,
-    gram_rbf,
-    layer_features,
-    layerwise_cka,
-    layerwise_cka_from_features,
-    lid_mle,
-    linear_cka,
-    minibatch_cka,
-    rbf_cka,
-    resblock_hooks,
-)
-from grace_bench.geometry.hessian import (
-    HessianOperator,
-    build_operator,
-    hessian_report,
-    hutch_plus_plus,
-    hutchinson,
-    lanczos_eigenvalues,
-    power_iteration,
-    run_lanczos,
-    spectral_density,
-)
-from grace_bench.geometry.landscape import filter_normalized_direction, interpolation, landscape
-from grace_bench.geometry.losses import fixed_subset, loss_and_accuracy, select_params
-from grace_bench.geometry.sharpness import average_sharpness, worst_case_sharpness
-from grace_bench.geometry.weights import weight_drift
+from __future__ import annotations
 
-__all__ = [
-    "HessianOperator", "MinibatchCKA", "average_sharpness", "build_operator", "centroid_cosine", "cka", "delta_lid",
-    "filter_normalized_direction", "fixed_subset", "gram_drift", "gram_linear", "gram_rbf", "hessian_report",
-    "hutch_plus_plus", "hutchinson", "interpolation", "lanczos_eigenvalues", "landscape", "layer_features",
-    "layerwise_cka", "layerwise_cka_from_features", "lid_mle", "linear_cka", "loss_and_accuracy", "minibatch_cka",
-    "power_iteration", "rbf_cka", "resblock_hooks", "run_lanczos", "select_params", "spectral_density",
-    "weight_drift", "worst_case_sharpness",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "HessianOperator": "hessian",
+    "MinibatchCKA": "features",
+    "average_sharpness": "sharpness",
+    "build_operator": "hessian",
+    "centroid_cosine": "features",
+    "cka": "features",
+    "delta_lid": "features",
+    "filter_normalized_direction": "landscape",
+    "fixed_subset": "losses",
+    "gram_drift": "features",
+    "gram_linear": "features",
+    "gram_rbf": "features",
+    "hessian_report": "hessian",
+    "hutch_plus_plus": "hessian",
+    "hutchinson": "hessian",
+    "interpolation": "landscape",
+    "lanczos_eigenvalues": "hessian",
+    "landscape": "landscape",
+    "layer_features": "features",
+    "layerwise_cka": "features",
+    "layerwise_cka_from_features": "features",
+    "lid_mle": "features",
+    "linear_cka": "features",
+    "loss_and_accuracy": "losses",
+    "minibatch_cka": "features",
+    "power_iteration": "hessian",
+    "rbf_cka": "features",
+    "resblock_hooks": "features",
+    "run_lanczos": "hessian",
+    "select_params": "losses",
+    "spectral_density": "hessian",
+    "weight_drift": "weights",
+    "worst_case_sharpness": "sharpness",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'grace_bench.geometry' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"grace_bench.geometry.{_EXPORTS[name]}"), name)

@@ -13,13 +13,15 @@ import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from grace_bench.errors import UserError
 from grace_bench.utils.atomic import atomic_path, atomic_write_json
+
+if TYPE_CHECKING:  # pragma: no cover - registering the parser must not import torch
+    import torch
 
 GEOMETRY_SCHEMA = "grace-bench/geometry/v1"
 KINDS = ("hessian", "sharpness", "landscape", "features", "weights")
@@ -402,6 +404,8 @@ def _value_at_zero(res: dict) -> float | None:
 
 
 def _embed(clf, batches, device) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     feats, labels = [], []
     with torch.no_grad():
         for x, y in batches:
@@ -411,6 +415,8 @@ def _embed(clf, batches, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _adversarial(clf, batches, args, device) -> list:
+    import torch
+
     from grace_bench.attacks.pgd import pgd_attack
 
     gen = torch.Generator(device=device).manual_seed(args.seed)
@@ -428,6 +434,8 @@ def _model_side(clf, id_b, ood: dict, args, device, *, layers: bool, progress: b
     ``layers``: collect the pooled resblock features of the ID images too (for layer-wise CKA); their
     ``embedding`` entry is the ID embedding, so the ID images pass through the model once either way.
     """
+    import torch
+
     from grace_bench.geometry.features import layer_features
 
     if layers:
@@ -443,6 +451,8 @@ def _model_side(clf, id_b, ood: dict, args, device, *, layers: bool, progress: b
 
 
 def _domain_metrics(side: dict, ood: dict, args) -> tuple[dict, dict]:
+    import torch
+
     from grace_bench.geometry.features import centroid_cosine, delta_lid
 
     f_id, y_id = side["id"]

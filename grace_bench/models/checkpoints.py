@@ -8,7 +8,6 @@ unless ``trust_pickle=True``. Pretrained tags and ``hf-hub:`` models come from t
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pickle
 import re
@@ -119,19 +118,21 @@ def instantiate_clip_model(model_name: str, *, spec: str, pretrained: str | None
 
     ``pretrained`` may be a local weights file, loaded by OpenCLIP itself (weights only, strict).
     """
+    from contextlib import nullcontext
+
     import open_clip
 
+    from grace_bench.models.loading import no_random_init_warning
+
     register_model_configs()
-    quiet = _DropRecords("No pretrained weights loaded")  # grace-bench loads the weights itself, right after
-    logging.getLogger().addFilter(quiet)
+    quiet = no_random_init_warning() if pretrained is None else nullcontext()  # the caller loads the weights
     try:
-        model = open_clip.create_model(model_name, pretrained=pretrained, load_weights=pretrained is not None,
-                                       force_quick_gelu=force_quick_gelu,
-                                       force_preprocess_cfg=dict(preprocess_cfg or {}))
+        with quiet:
+            model = open_clip.create_model(model_name, pretrained=pretrained, load_weights=pretrained is not None,
+                                           force_quick_gelu=force_quick_gelu,
+                                           force_preprocess_cfg=dict(preprocess_cfg or {}))
     except Exception as e:  # noqa: BLE001 - OpenCLIP raises RuntimeError/ValueError/FileNotFoundError
         raise UserError(f"could not build OpenCLIP model '{model_name}' ({_short(e)}); check the spec") from e
-    finally:
-        logging.getLogger().removeFilter(quiet)
     model.eval()
     cfg = open_clip.get_model_preprocess_cfg(model)
     size = cfg["size"]
@@ -398,18 +399,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path} ({_short(e)}); fix or recreate the file") from e
-
-
-class _DropRecords(logging.Filter):
-    """Drop log records whose message starts with ``prefix`` (OpenCLIP's misleading "initialized randomly" line
-    for a model whose weights grace-bench is about to load)."""
-
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
 
 
 def _corrupt(path: Path, why: str) -> UserError:

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import torch
 from torch import nn
 
@@ -20,6 +19,8 @@ def register_model_configs() -> None:
     """Add grace-bench's own OpenCLIP model configs (``micro-clip``, ``tiny-clip``) to OpenCLIP's registry."""
     global _REGISTERED
     if not _REGISTERED:
+        import open_clip  # here, not at the top: fingerprinting a weights file needs no OpenCLIP
+
         open_clip.add_model_config(CONFIG_DIR)
         _REGISTERED = True
 

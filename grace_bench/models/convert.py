@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from grace_bench.errors import UserError
-from grace_bench.models.checkpoints import arch_from_metadata, load_checkpoint
-from grace_bench.models.specs import FileSpec, check_arch, parse_spec
-from grace_bench.utils.atomic import atomic_save_safetensors
+
+if TYPE_CHECKING:  # pragma: no cover - registering the parser must not import torch
+    import torch
 
 
 def convert_checkpoint(src: str, dst: str | Path, *, arch: str | None = None, trust_pickle: bool = False,
@@ -24,6 +23,10 @@ def convert_checkpoint(src: str, dst: str | Path, *, arch: str | None = None, tr
 
     Returns a summary: ``dst``, ``arch``, ``source_format``, ``fingerprint`` (of the loaded model) and ``notes``.
     """
+    from grace_bench.models.checkpoints import arch_from_metadata, load_checkpoint
+    from grace_bench.models.specs import FileSpec, check_arch, parse_spec
+    from grace_bench.utils.atomic import atomic_save_safetensors
+
     dst = Path(dst)
     if dst.suffix != ".safetensors":
         raise UserError(f"convert writes safetensors; name the output {dst.with_suffix('.safetensors')}")

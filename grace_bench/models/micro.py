@@ -1,25 +1,31 @@
-"""micro-CLIP: a tiny OpenCLIP ViT pretrained contrastively on digit renditions, cached on disk.
+"""micro-CLIP: a tiny OpenCLIP ViT pretrained contrastively on digit renditions.
 
-The recipe (config, data, seed, steps) is hashed into the cache file name, so a changed recipe
-never reuses a stale cache. ``grace-bench micro pretrain`` rebuilds it explicitly.
+The pretrained weights ship with the package (``SHIPPED_WEIGHTS``); ``load_micro_clip`` (spec ``micro``)
+loads them, so every machine evaluates and fine-tunes the same model. ``grace-bench micro pretrain`` reruns
+the recipe into the cache folder; the result depends on the CPU's instruction set, the thread count and the
+library versions, so it usually differs from the shipped file. Load a rebuild as ``micro-clip:/path/file``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from grace_bench.models.clip_model import CONFIG_DIR, ClipModel
-from grace_bench.models.loading import build_clip_model
+from grace_bench.models.clip_model import CONFIG_DIR, ClipModel, state_dict_fingerprint
 from grace_bench.utils.atomic import atomic_save_safetensors, atomic_write_json
+from grace_bench.utils.cache import cache_dir
+
+__all__ = ["MICRO_ARCH", "SHIPPED_WEIGHTS", "PretrainRecipe", "cache_dir", "load_micro_clip", "pretrain_micro_clip",
+           "rebuild_micro_weights", "rebuilt_weights_path", "weights_fingerprint"]
 
 MICRO_ARCH = "micro-clip"
 
@@ -60,19 +66,10 @@ class PretrainRecipe:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def cache_dir() -> Path:
-    """Where micro-CLIP is cached: $GRACE_BENCH_CACHE, else the XDG user cache dir."""
-    env = os.environ.get("GRACE_BENCH_CACHE")
-    if env:
-        return Path(env)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("grace-bench"))
-
-
-def micro_weights_path(recipe: PretrainRecipe | None = None) -> Path:
+def rebuilt_weights_path(recipe: PretrainRecipe | None = None) -> Path:
+    """Where ``grace-bench micro pretrain`` writes its rebuild (named by the recipe's hash) in the cache folder."""
     recipe = recipe or PretrainRecipe()
-    return cache_dir() / f"micro-clip-{recipe.key()}.safetensors"
+    return cache_dir() / f"micro-clip-rebuilt-{recipe.key()}.safetensors"
 
 
 def _soft_contrastive(logits: torch.Tensor, row_labels: torch.Tensor, col_labels: torch.Tensor,
@@ -103,17 +100,20 @@ def pretrain_micro_clip(recipe: PretrainRecipe | None = None, *, progress: bool 
        ``target_val_accuracy``: like real CLIP on ImageNet, the model is left with room for
        fine-tuning to improve it.
 
-    ``monitor(step, model)`` is called every 50 image steps if given.
+    ``monitor(step, model)`` is called every 50 image steps if given. Progress shows one bar per phase; the
+    image phase's bar ends at the step where the target was reached.
     """
     from tqdm.auto import tqdm
 
     from grace_bench.data.micro import MICRO_CLASSNAMES, MICRO_TEMPLATES, _split, micro_dataset, pretrain_renditions
+    from grace_bench.models.loading import build_clip_model, no_random_init_warning
     from grace_bench.models.zero_shot import build_zero_shot_head
 
     recipe = recipe or PretrainRecipe()
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
-    clip = build_clip_model(MICRO_ARCH)
+    with no_random_init_warning():  # a random start is the point of pretraining
+        clip = build_clip_model(MICRO_ARCH)
     model = clip.model.train()
     start = time.perf_counter()
     n_t = len(PRETRAIN_TEMPLATES)
@@ -129,7 +129,7 @@ def pretrain_micro_clip(recipe: PretrainRecipe | None = None, *, progress: bool 
             g["lr"] = lr * warm * (0.5 * (1 + np.cos(np.pi * step / total)) if cosine else 1.0)
 
     opt = torch.optim.AdamW(text_params, lr=recipe.text_lr, weight_decay=recipe.weight_decay)
-    bar = tqdm(total=recipe.text_steps + recipe.image_steps, desc="pretrain micro-CLIP", disable=not progress)
+    bar = tqdm(total=recipe.text_steps, desc="micro-CLIP 1/2: text tower", disable=not progress)
     for step in range(recipe.text_steps):
         schedule(opt, step, recipe.text_steps, recipe.text_lr)
         f = F.normalize(model.encode_text(tokens), dim=-1)
@@ -138,7 +138,8 @@ def pretrain_micro_clip(recipe: PretrainRecipe | None = None, *, progress: bool 
         loss.backward()
         opt.step()
         bar.update(1)
-        bar.set_postfix(phase="text", loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
     model.eval()
     with torch.no_grad():
         text_features = F.normalize(model.encode_text(tokens), dim=-1).view(len(MICRO_CLASSNAMES), n_t, -1)
@@ -156,6 +157,8 @@ def pretrain_micro_clip(recipe: PretrainRecipe | None = None, *, progress: bool 
     pool = (pool - mean) / std
     opt = torch.optim.AdamW(image_params, lr=recipe.image_lr, weight_decay=recipe.weight_decay)
     losses: list[float] = []
+    bar = tqdm(total=recipe.image_steps, disable=not progress,
+               desc=f"micro-CLIP 2/2: image tower, until val acc >= {recipe.target_val_accuracy:.2f}")
     for step in range(recipe.image_steps):
         schedule(opt, step, recipe.image_steps, recipe.image_lr, cosine=False)
         idx = torch.from_numpy(rng.integers(0, len(pool_labels), recipe.batch_size))
@@ -169,7 +172,7 @@ def pretrain_micro_clip(recipe: PretrainRecipe | None = None, *, progress: bool 
         opt.step()
         losses.append(loss.item())
         bar.update(1)
-        bar.set_postfix(phase="image", loss=f"{np.mean(losses[-20:]):.3f}")
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", val=f"{val_acc:.3f}")
         if monitor is not None and (step + 1) % 50 == 0:
             model.eval()
             monitor(step + 1, model)
@@ -180,9 +183,12 @@ def pretrain_micro_clip(recipe: PretrainRecipe | None = None, *, progress: bool 
                 val_acc = (F.normalize(model.encode_image(val_x), dim=-1) @ eval_head).argmax(1).eq(val_y)
                 val_acc = val_acc.float().mean().item()
             model.train()
-            bar.set_postfix(phase="image", loss=f"{np.mean(losses[-20:]):.3f}", val=f"{val_acc:.3f}")
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", val=f"{val_acc:.3f}")
             if val_acc >= recipe.target_val_accuracy:
                 break
+    if step + 1 < recipe.image_steps:  # stopped early at the target: the bar ends where training ended
+        bar.total = step + 1
+        bar.set_description(f"micro-CLIP 2/2: image tower, val acc {val_acc:.3f} reached at step {step + 1}")
     bar.close()
     model.eval()
     return {
@@ -195,30 +201,39 @@ def pretrain_micro_clip(recipe: PretrainRecipe | None = None, *, progress: bool 
     }
 
 
-def ensure_micro_weights(*, rebuild: bool = False, progress: bool = True) -> Path:
-    """Path of the cached micro-CLIP weights, pretraining them first if missing (or if ``rebuild``)."""
+def rebuild_micro_weights(*, progress: bool = True) -> dict[str, Any]:
+    """Rerun the pretraining recipe and write the weights (and a JSON sidecar) into the cache folder.
+
+    Returns ``path``, ``fingerprint`` and the run's summary. The shipped weights are never touched.
+    """
     recipe = PretrainRecipe()
-    path = micro_weights_path(recipe)
-    if rebuild or not path.exists():
-        out = pretrain_micro_clip(recipe, progress=progress)
-        meta = {"arch": MICRO_ARCH, "recipe_key": recipe.key(), "final_loss": f"{out['final_loss']:.6f}"}
-        atomic_save_safetensors(path, out["state_dict"], metadata=meta)
-        atomic_write_json(path.with_suffix(".json"), {
-            **meta, "recipe": out["recipe"], "seconds": out["seconds"], "image_steps_run": out["image_steps_run"],
-            "val_accuracy": out["val_accuracy"],
-        })
-    return path
+    path = rebuilt_weights_path(recipe)
+    out = pretrain_micro_clip(recipe, progress=progress)
+    meta = {"arch": MICRO_ARCH, "recipe_key": recipe.key(), "final_loss": f"{out['final_loss']:.6f}"}
+    atomic_save_safetensors(path, out["state_dict"], metadata=meta)
+    fingerprint = state_dict_fingerprint(out["state_dict"])
+    summary = {**meta, "fingerprint": fingerprint, "recipe": out["recipe"], "seconds": out["seconds"],
+               "image_steps_run": out["image_steps_run"], "val_accuracy": out["val_accuracy"]}
+    atomic_write_json(path.with_suffix(".json"), summary)
+    return {"path": path, **summary}
 
 
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "micro-clip.safetensors"
 
 
-def load_micro_clip(*, progress: bool = True) -> ClipModel:
-    """The shipped, pretrained micro-CLIP as a ``ClipModel`` (identical weights on every machine).
-
-    ``progress`` is kept for callers that used to trigger pretraining here; loading shows no bar.
-    """
+@lru_cache(maxsize=4)
+def weights_fingerprint(path: str | Path = SHIPPED_WEIGHTS) -> str:
+    """``ClipModel.fingerprint()`` of the model a micro-CLIP weights file loads into (without building it)."""
     from safetensors.torch import load_file
+
+    return state_dict_fingerprint(load_file(str(path)))
+
+
+def load_micro_clip() -> ClipModel:
+    """The shipped, pretrained micro-CLIP as a ``ClipModel`` (identical weights on every machine)."""
+    from safetensors.torch import load_file
+
+    from grace_bench.models.loading import build_clip_model
 
     path = SHIPPED_WEIGHTS
     clip = build_clip_model(MICRO_ARCH, load_file(str(path)), spec="micro")

@@ -16,6 +16,7 @@ from grace_bench.leaderboard.collect import SummaryRecord, as_float, load_geomet
 from grace_bench.study.claims import PAPER_TABLE6, accuracy_claims, claims_markdown, geometry_claims
 from grace_bench.study.recipe import WISE, ZERO_SHOT
 from grace_bench.utils.atomic import atomic_write_json, atomic_write_text
+from grace_bench.utils.runtime_info import runtime_info
 
 if TYPE_CHECKING:
     from grace_bench.study.runner import StudyRun
@@ -232,6 +233,7 @@ def write_report(run: StudyRun) -> dict[str, Any]:
         "command": run_command(run), "timings_s": dict(run.timings), "entries": records, "methods": stats,
         "geometry": geo, "claims": [c.to_dict() for c in claims],
         "leaderboard": str(board.files[0]), "figures": [str(p) for p in figures],
+        "runtime": runtime_info(),  # threads, CPU and GPU model: wall times and float details depend on them
     }
     md = [
         f"# {recipe.suite} study{' (quick)' if recipe.quick else ''}",
