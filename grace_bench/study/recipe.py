@@ -104,12 +104,13 @@ class StudyRecipe:
     eval_limit: int | None = None
     wise_alpha: float = 0.5
     wise_curve: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
-    # geometry on the first seed of every main method; each kind maps to its CLI flags
-    geometry: dict[str, list[str]] = field(default_factory=lambda: {
-        "weights": [],
-        "hessian": ["--n", "64", "--top-k", "3", "--trace-samples", "20", "--slq-runs", "1"],
-        "features": ["--n", "256"],
-        "landscape": ["--mode", "1d", "--n", "256", "--range=-1:1:21"],
+    # geometry on the first seed of every main method; each kind maps to settings of its config class
+    # (grace_bench.geometry: HessianConfig, FeatureConfig, LandscapeConfig, WeightsConfig field names)
+    geometry: dict[str, dict[str, Any]] = field(default_factory=lambda: {
+        "weights": {},
+        "hessian": {"n": 64, "top_k": 3, "trace_samples": 20, "slq_runs": 1},
+        "features": {"n": 256},
+        "landscape": {"mode": "1d", "n": 256, "xrange": "-1:1:21"},
     })
     quick: bool = False
 
@@ -190,11 +191,10 @@ def study_recipe(suite: str = "micro", *, quick: bool = False, methods: list[str
             recipe.n_adv, recipe.eval_limit = 32, 128
             recipe.wise_curve = [0.5]
             recipe.geometry = {
-                "weights": [],
-                "hessian": ["--n", "16", "--top-k", "1", "--trace-samples", "4", "--slq-runs", "1", "--slq-iter", "8",
-                            "--lanczos-iter", "20"],
-                "features": ["--n", "48", "--pgd-steps", "2", "--pgd-step-size", "2/255"],
-                "landscape": ["--mode", "1d", "--n", "32", "--range=-1:1:5"],
+                "weights": {},
+                "hessian": {"n": 16, "top_k": 1, "trace_samples": 4, "slq_runs": 1, "slq_iter": 8, "lanczos_iter": 20},
+                "features": {"n": 48, "pgd_steps": 2, "pgd_step_size": "2/255"},
+                "landscape": {"mode": "1d", "n": 32, "xrange": "-1:1:5"},
             }
             recipe.quick = True
     else:
@@ -202,8 +202,8 @@ def study_recipe(suite: str = "micro", *, quick: bool = False, methods: list[str
                              warmup_steps=None, save_every=500, lr_source="method defaults",
                              attack="apgd-ce[restarts=1]",
                              n_adv=None, wise_curve=[0.1 * i for i in range(1, 10)],
-                             geometry={"weights": [], "hessian": ["--top-k", "3"], "features": [],
-                                       "landscape": ["--mode", "1d"]})
+                             geometry={"weights": {}, "hessian": {"top_k": 3}, "features": {},
+                                       "landscape": {"mode": "1d"}})
     if base:
         recipe.base = base
     recipe.data_root = data_root
