@@ -132,3 +132,28 @@ def test_library_run_and_compute_share_the_cli_record(cli, capsys):
     assert cli("weights", "micro", "--ref", "micro", "--label", "other", "--no-progress") == 0  # the CLI reuses it
     assert "up to date" in capsys.readouterr().out
     assert compute("weights", clip, WeightsConfig(), cli.out, ref="micro") == (path, None)
+
+
+def test_study_settings_of_every_kind_are_valid_configs():
+    from grace_bench.geometry.registry import study_geometry
+    from grace_bench.study.recipe import study_recipe
+
+    for profile in ("micro", "quick", "paper"):
+        settings = study_geometry(profile)
+        assert {"hessian", "features", "landscape", "weights"} <= set(settings)
+        for kind, values in settings.items():
+            from_dict(get_kind(kind).config, values).validate()
+    assert study_recipe("micro", quick=True).geometry == study_geometry("quick")
+
+
+def test_a_file_from_the_old_hash_scheme_is_refused_with_the_fix(tmp_path):
+    from grace_bench.geometry import WeightsConfig, compute
+    from grace_bench.geometry.api import result_path
+    from grace_bench.models.checkpoints import load_checkpoint
+
+    clip = load_checkpoint("micro")
+    path = result_path(tmp_path, "weights", clip)
+    path.write_text(json.dumps({"schema": "grace-bench/geometry/v1", "kind": "weights", "config_hash": "0" * 16}))
+    with pytest.raises(UserError, match="older grace-bench.*force=True"):
+        compute("weights", clip, WeightsConfig(), tmp_path, ref="micro")
+    assert compute("weights", clip, WeightsConfig(), tmp_path, ref="micro", force=True)[1] is not None

@@ -21,7 +21,8 @@ RunFn = Callable[[Any], tuple[dict, dict]]
 
 @dataclass(frozen=True)
 class GeometryKind:
-    """One diagnostic: its config class, its run function, a one-line help and a console headline."""
+    """One diagnostic: its config class, its run function, a one-line help, a console headline and the settings
+    ``compare`` runs it with per study profile (``micro``, ``quick``, ``paper``; absent: not in that study)."""
 
     name: str
     config: type[GeometryConfig]
@@ -29,6 +30,7 @@ class GeometryKind:
     help: str
     headline: Callable[[dict], str] | None = None
     order: int = 100
+    study: dict[str, dict[str, Any]] | None = None
 
 
 _KINDS: dict[str, GeometryKind] = {}
@@ -36,11 +38,12 @@ _loaded = False
 
 
 def register(name: str, config: type[GeometryConfig], run: RunFn, *, help: str,
-             headline: Callable[[dict], str] | None = None, order: int = 100) -> GeometryKind:
+             headline: Callable[[dict], str] | None = None, order: int = 100,
+             study: dict[str, dict[str, Any]] | None = None) -> GeometryKind:
     """Add a geometry kind (called at import by each module of ``geometry.diagnostics``)."""
     if name in _KINDS and _KINDS[name].run is not run:
         raise ValueError(f"geometry kind '{name}' is registered twice")
-    kind = GeometryKind(name, config, run, help, headline, order)
+    kind = GeometryKind(name, config, run, help, headline, order, study)
     _KINDS[name] = kind
     return kind
 
@@ -60,6 +63,12 @@ def kinds() -> dict[str, GeometryKind]:
     """Every registered kind, in help order."""
     _load()
     return dict(sorted(_KINDS.items(), key=lambda kv: (kv[1].order, kv[0])))
+
+
+def study_geometry(profile: str) -> dict[str, dict[str, Any]]:
+    """Kind -> settings of every kind that takes part in a study of ``profile`` (micro, quick or paper)."""
+    return {name: dict(kind.study[profile]) for name, kind in kinds().items()
+            if kind.study and profile in kind.study}
 
 
 def get_kind(name: str) -> GeometryKind:

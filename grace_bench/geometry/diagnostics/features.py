@@ -173,4 +173,5 @@ def headline(record: dict) -> str:
 
 
 register("features", FeatureConfig, run_features, order=4, headline=headline,
-         help="CKA to the reference, Gram drift, class-centroid cosine, ΔLID")
+         help="CKA to the reference, Gram drift, class-centroid cosine, ΔLID",
+         study={"micro": {"n": 256}, "quick": {"n": 48, "pgd_steps": 2, "pgd_step_size": "2/255"}, "paper": {}})

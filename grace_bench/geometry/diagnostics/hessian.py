@@ -77,4 +77,7 @@ def headline(record: dict) -> str:
 
 
 register("hessian", HessianConfig, run_hessian, order=1, headline=headline,
-         help="top eigenvalues (Lanczos), trace (Hutchinson/Hutch++), layer curvature, spectral density (SLQ)")
+         help="top eigenvalues (Lanczos), trace (Hutchinson/Hutch++), layer curvature, spectral density (SLQ)",
+         study={"micro": {"n": 64, "top_k": 3, "trace_samples": 20, "slq_runs": 1},
+                "quick": {"n": 16, "top_k": 1, "trace_samples": 4, "slq_runs": 1, "slq_iter": 8, "lanczos_iter": 20},
+                "paper": {"top_k": 3}})

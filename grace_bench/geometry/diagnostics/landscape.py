@@ -131,4 +131,6 @@ def _value_at_zero(res: dict) -> float | None:
 
 
 register("landscape", LandscapeConfig, run_landscape, order=3,
-         help="1D/2D loss landscape (filter-normalised directions) or θ0→θ interpolation")
+         help="1D/2D loss landscape (filter-normalised directions) or θ0→θ interpolation",
+         study={"micro": {"mode": "1d", "n": 256, "xrange": "-1:1:21"},
+                "quick": {"mode": "1d", "n": 32, "xrange": "-1:1:5"}, "paper": {"mode": "1d"}})

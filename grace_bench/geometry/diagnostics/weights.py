@@ -32,4 +32,5 @@ def headline(record: dict) -> str:
 
 
 register("weights", WeightsConfig, run_weights, order=5, headline=headline,
-         help="relative weight drift ||θ-θ0||/||θ0||, overall, per tower and per layer")
+         help="relative weight drift ||θ-θ0||/||θ0||, overall, per tower and per layer",
+         study={"micro": {}, "quick": {}, "paper": {}})
