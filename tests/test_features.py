@@ -177,5 +177,5 @@ def test_lid_mle_recovers_intrinsic_dimension():
     res = delta_lid(clean, shifted, k=20)
     assert res["lid_clean"] == pytest.approx(float(lid.mean()))
     assert res["delta"] > 1.0  # noise in all 16 dimensions raises the local dimension
-    with pytest.raises(UserError, match="raise --n"):
+    with pytest.raises(UserError, match="raise n "):
         lid_mle(clean[:5], clean[:5], k=20)

@@ -188,7 +188,7 @@ def test_landscape_resumes_after_interruption_and_validates_cache(tmp_path):
     np.testing.assert_allclose(resumed["loss"], full["loss"], rtol=1e-12)
     np.testing.assert_array_equal(resumed["accuracy"], full["accuracy"])
     # a different grid (or direction) must not silently reuse the cache
-    with pytest.raises(UserError, match="--fresh"):
+    with pytest.raises(UserError, match="fresh=True"):
         landscape(net, (x, y), params, dirs, [parse_range("-1:1:5"), axes[1]], cache_path=cache)
     with pytest.raises(UserError, match="directions"):
         landscape(net, (x, y), params, dirs[::-1], axes, cache_path=cache)
@@ -248,13 +248,13 @@ def test_corrupt_directions_and_grid_cache_are_one_line_errors(tmp_path, damage)
     path = tmp_path / "dirs.npz"
     save_directions(path, dirs)
     path.write_bytes(_corrupt_npz_variants(path.read_bytes())[damage])
-    with pytest.raises(UserError, match=r"dirs.npz .*--fresh") as err:
+    with pytest.raises(UserError, match=r"dirs.npz .*fresh=True") as err:
         load_directions(path, params, 1)
     assert "\n" not in str(err.value)
     cache = tmp_path / "grid.npz"
     landscape(net, (x, y), params, dirs, [[-0.5, 0.0, 0.5]], cache_path=cache, max_points=1)
     cache.write_bytes(_corrupt_npz_variants(cache.read_bytes())[damage])
-    with pytest.raises(UserError, match=r"grid.npz has unreadable .*--fresh"):
+    with pytest.raises(UserError, match=r"grid.npz has unreadable .*fresh=True"):
         landscape(net, (x, y), params, dirs, [[-0.5, 0.0, 0.5]], cache_path=cache)
     redone = landscape(net, (x, y), params, dirs, [[-0.5, 0.0, 0.5]], cache_path=cache, on_mismatch="recompute")
     assert redone["complete"]

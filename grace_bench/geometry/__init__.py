@@ -1,5 +1,10 @@
 """Geometry diagnostics: Hessian spectra and curvature, sharpness, loss landscapes, feature and weight drift.
 
+Library entry points: ``run(kind, clip, data, config) -> GeometryResult`` (record + arrays) and
+``compute(kind, clip, config, out)`` (the same into a resumable result file); one config dataclass per
+kind (``HessianConfig``, ``SharpnessConfig``, ``LandscapeConfig``, ``FeatureConfig``, ``WeightsConfig``),
+registered in ``registry``. Curvature: operators (``operators``) apart from estimators (``estimators``).
+
 Every tool takes an ``nn.Module`` (usually a ``ZeroShotClassifier``) and fixed data; none re-implements
 CLIP plumbing. See each module's docstring for the exact definitions it computes.
 
@@ -13,10 +18,30 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "HessianOperator": "hessian",
+    "BlockOperator": "operators",
+    "CurvatureOperator": "operators",
+    "DataParallelOperator": "operators",
+    "Diagonal": "diagonal",
+    "FeatureConfig": "diagnostics.features",
+    "GeometryConfig": "config",
+    "GeometryData": "api",
+    "GeometryResult": "api",
+    "HessianConfig": "diagnostics.hessian",
+    "HessianOperator": "operators",
+    "LandscapeConfig": "diagnostics.landscape",
+    "MatrixOperator": "operators",
+    "SharpnessConfig": "diagnostics.sharpness",
+    "WeightsConfig": "diagnostics.weights",
+    "compute": "api",
+    "gauss_newton_diagonal": "diagonal",
+    "hutchinson_diagonal": "estimators",
+    "kinds": "registry",
+    "layer_blocks": "operators",
+    "load_data": "api",
+    "run": "api",
     "MinibatchCKA": "features",
     "average_sharpness": "sharpness",
-    "build_operator": "hessian",
+    "build_operator": "operators",
     "centroid_cosine": "features",
     "cka": "features",
     "delta_lid": "features",
@@ -25,11 +50,11 @@ _EXPORTS = {
     "gram_drift": "features",
     "gram_linear": "features",
     "gram_rbf": "features",
-    "hessian_report": "hessian",
-    "hutch_plus_plus": "hessian",
-    "hutchinson": "hessian",
+    "hessian_report": "reports",
+    "hutch_plus_plus": "estimators",
+    "hutchinson": "estimators",
     "interpolation": "landscape",
-    "lanczos_eigenvalues": "hessian",
+    "lanczos_eigenvalues": "estimators",
     "landscape": "landscape",
     "layer_features": "features",
     "layerwise_cka": "features",
@@ -38,12 +63,12 @@ _EXPORTS = {
     "linear_cka": "features",
     "loss_and_accuracy": "losses",
     "minibatch_cka": "features",
-    "power_iteration": "hessian",
+    "power_iteration": "estimators",
     "rbf_cka": "features",
     "resblock_hooks": "features",
-    "run_lanczos": "hessian",
+    "run_lanczos": "estimators",
     "select_params": "losses",
-    "spectral_density": "hessian",
+    "spectral_density": "estimators",
     "weight_drift": "weights",
     "worst_case_sharpness": "sharpness",
 }

@@ -275,7 +275,7 @@ def layerwise_cka(
             acc = MinibatchCKA(len(names_x), len(names_y))
         acc.update([fx[n] for n in names_x], [fy[n] for n in names_y])
     if acc is None:
-        raise UserError("layerwise CKA needs batches of at least 4 images; raise --batch-size")
+        raise UserError("layerwise CKA needs batches of at least 4 images; raise batch_size")
     return names_x, names_y, acc.compute()
 
 
@@ -297,7 +297,7 @@ def layerwise_cka_from_features(
             acc.update([features[n][start:stop] for n in names_x], [ref_features[n][start:stop] for n in names_y])
         start = stop
     if acc.num_batches == 0:
-        raise UserError("layerwise CKA needs batches of at least 4 images; raise --batch-size")
+        raise UserError("layerwise CKA needs batches of at least 4 images; raise batch_size")
     return names_x, names_y, acc.compute()
 
 
@@ -345,7 +345,8 @@ def lid_mle(queries: ArrayLike, reference: ArrayLike, k: int = 20, *, exclude_se
     q, r = _t64(queries), _t64(reference)
     need = k + (1 if exclude_self else 0)
     if r.shape[0] < need:
-        raise UserError(f"LID with k={k} needs at least {need} reference samples, got {r.shape[0]}; raise --n")
+        raise UserError(f"LID with k={k} needs at least {need} reference samples, got {r.shape[0]}; raise n (the "
+                        "subset size) or lower k")
     out = []
     for start in range(0, q.shape[0], chunk):
         d = torch.cdist(q[start : start + chunk], r)

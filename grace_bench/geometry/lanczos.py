@@ -92,13 +92,13 @@ def order(theta: np.ndarray, which: Which) -> np.ndarray:
         return np.argsort(theta, kind="stable")
     if which == "LM":
         return np.argsort(-np.abs(theta), kind="stable")
-    raise UserError(f"unknown eigenvalue order '{which}'; use LA (largest), SA (smallest) or LM (largest magnitude)")
+    raise UserError(f"which must be LA (largest), SA (smallest) or LM (largest magnitude), got '{which}'")
 
 
 def error_estimates(theta: np.ndarray, resid: np.ndarray, idx: np.ndarray, criterion: Criterion) -> np.ndarray:
     """Eigenvalue error of the Ritz values ``theta[idx]`` with residuals ``resid``: ``min(r, r^2 / gap)`` or ``r``."""
     if criterion not in CRITERIA:
-        raise UserError(f"unknown Lanczos criterion '{criterion}'; use {' or '.join(CRITERIA)}")
+        raise UserError(f"criterion must be {' or '.join(CRITERIA)}, got '{criterion}'")
     if criterion == "residual" or theta.shape[0] < 2:
         return resid.copy()
     gaps = np.array([np.min(np.abs(np.delete(theta, i) - theta[i])) for i in idx])

@@ -36,6 +36,7 @@ from grace_bench.geometry.losses import (
     eval_mode,
     loss_and_accuracy,
 )
+from grace_bench.geometry.ranges import parse_range  # noqa: F401  (re-exported)
 from grace_bench.utils.atomic import atomic_path
 from grace_bench.utils.npz import NPZ_READ_ERRORS, load_npz
 
@@ -90,7 +91,7 @@ def save_directions(path: str | Path, directions: Sequence[Direction], meta: dic
 
 def load_directions(path: str | Path, params: NamedParams, count: int) -> list[Direction]:
     """Read ``count`` directions saved by ``save_directions``; refuse ones that do not fit ``params``."""
-    arrays = load_npz(path, fix="delete the file or pass --fresh to draw new directions")
+    arrays = load_npz(path, fix="delete the file or pass fresh=True to draw new directions")
     out = []
     for i in range(count):
         d: Direction = {}
@@ -99,7 +100,7 @@ def load_directions(path: str | Path, params: NamedParams, count: int) -> list[D
             if key not in arrays or tuple(arrays[key].shape) != tuple(p.shape):
                 raise UserError(
                     f"saved directions {path} do not match the model ({key} missing or reshaped); "
-                    "delete the file or pass --fresh"
+                    "delete the file or pass fresh=True"
                 )
             d[name] = torch.from_numpy(arrays[key].copy())
         out.append(d)
@@ -142,7 +143,7 @@ class GridCache:
     def _mismatch(self, why: str, empty):
         if self.on_mismatch == "recompute":
             return empty
-        raise UserError(f"cached landscape grid {self.path} has {why}; delete it or rerun with --fresh to recompute")
+        raise UserError(f"cached landscape grid {self.path} has {why}; delete it or rerun with fresh=True to recompute")
 
     def save(self, loss: np.ndarray, acc: np.ndarray, done: np.ndarray) -> None:
         if self.path is None:
@@ -237,7 +238,7 @@ def landscape(
     for name, p in params:
         for d in directions:
             if name not in d or tuple(d[name].shape) != tuple(p.shape):
-                raise UserError(f"direction does not fit parameter {name}; regenerate the directions (--fresh)")
+                raise UserError(f"direction does not fit parameter {name}; regenerate the directions (fresh=True)")
     batches = as_batches(data, device=params[0][1].device)
     axes_np = [np.asarray(a, dtype=np.float64) for a in axes]
     shape = tuple(len(a) for a in axes_np)
@@ -323,17 +324,3 @@ def _endpoint(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A private copy of an endpoint entry on ``like``'s device, in at least float32."""
     dtype = torch.promote_types(like.dtype, torch.float32)
     return value.detach().to(device=like.device, dtype=dtype, copy=True)
-
-
-def parse_range(text: str) -> list[float]:
-    """``"start:stop:num"`` (inclusive, num points) or a comma list -> coordinates."""
-    try:
-        if ":" in text:
-            start, stop, num = text.split(":")
-            n = int(num)
-            if n < 1:
-                raise ValueError
-            return np.linspace(float(start), float(stop), n).tolist()
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"bad coordinate range '{text}'; use START:STOP:NUM (e.g. -1:1:21) or a comma list") from None

@@ -34,7 +34,7 @@ def as_batches(
     else:
         items = [tuple(b[:2]) for b in data]
     if not items:
-        raise UserError("the geometry data subset is empty; pass --n greater than 0 or a non-empty dataset")
+        raise UserError("the geometry data subset is empty; pass n greater than 0 or a non-empty dataset")
     out = []
     for x, y in items:
         x, y = torch.as_tensor(x), torch.as_tensor(y)
@@ -48,12 +48,12 @@ def fixed_subset(dataset: Dataset, n: int | None, batch_size: int, seed: int = 0
     """A deterministic subset of ``n`` samples (seeded permutation; all when ``n`` is None) as CPU batches."""
     total = len(dataset)
     if total == 0:
-        raise UserError("the dataset is empty; check --data-root and the dataset name")
+        raise UserError("the dataset is empty; check data_root and the dataset name")
     if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+        raise UserError(f"batch_size must be at least 1, got {batch_size}")
     n = total if n is None else int(n)
     if n < 1:
-        raise UserError(f"--n must be at least 1, got {n}")
+        raise UserError(f"n must be at least 1, got {n}")
     n = min(n, total)
     g = torch.Generator().manual_seed(int(seed))
     idx = torch.randperm(total, generator=g)[:n].sort().values.tolist()

@@ -69,7 +69,7 @@ def describe(kind: str, adaptive: bool, m: int | None = None, steps: int | None 
 def _check_rho(rho_grid: Sequence[float]) -> list[float]:
     rhos = [float(r) for r in rho_grid]
     if not rhos or any(not math.isfinite(r) or r < 0 for r in rhos):
-        raise UserError(f"--rho must be a non-empty list of non-negative numbers, got {list(rho_grid)}")
+        raise UserError(f"rho_grid must be a non-empty list of non-negative numbers, got {list(rho_grid)}")
     return rhos
 
 
@@ -113,7 +113,7 @@ def average_sharpness(
     """
     rhos = _check_rho(rho_grid)
     if num_samples < 1:
-        raise UserError(f"--samples must be at least 1, got {num_samples}")
+        raise UserError(f"num_samples must be at least 1, got {num_samples}")
     if variance_reduction not in REDUCTIONS:
         raise UserError(f"unknown variance reduction '{variance_reduction}'; use {', '.join(REDUCTIONS)}")
     t0 = time.perf_counter()
@@ -172,7 +172,7 @@ def _chunks(batches: list[Batch], m: int | None) -> list[list[Batch]]:
     if m is None:
         return [batches]
     if m < 1:
-        raise UserError(f"--m must be at least 1, got {m}")
+        raise UserError(f"m must be at least 1, got {m}")
     x = torch.cat([b[0] for b in batches])
     y = torch.cat([b[1] for b in batches])
     return [[(x[i : i + m], y[i : i + m])] for i in range(0, y.shape[0], m)]
@@ -253,7 +253,7 @@ def worst_case_sharpness(
     """Worst-case m-sharpness for each rho by PGD in weight space (step size ``2.5 rho / steps`` by default)."""
     rhos = _check_rho(rho_grid)
     if steps < 1:
-        raise UserError(f"--steps must be at least 1, got {steps}")
+        raise UserError(f"steps must be at least 1, got {steps}")
     t0 = time.perf_counter()
     ps = [p for _, p in params]
     batches = as_batches(data, device=ps[0].device)

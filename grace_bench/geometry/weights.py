@@ -62,7 +62,8 @@ def weight_drift(state: dict[str, torch.Tensor], ref_state: dict[str, torch.Tens
     b = {_strip(k): v for k, v in ref_state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
     common = [k for k in a if k in b and a[k].shape == b[k].shape]  # state-dict (network) order
     if not common:
-        raise UserError("the checkpoint and --ref share no weights of equal shape; compare the same architecture")
+        raise UserError("the checkpoint and the reference share no weights of equal shape; compare the same "
+                        "architecture")
     sums: dict[str, dict[str, list[float]]] = {"towers": {}, "layers": {}}
     total = [0.0, 0.0, 0]
     for k in common:

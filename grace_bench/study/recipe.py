@@ -104,13 +104,9 @@ class StudyRecipe:
     eval_limit: int | None = None
     wise_alpha: float = 0.5
     wise_curve: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
-    # geometry on the first seed of every main method; each kind maps to its CLI flags
-    geometry: dict[str, list[str]] = field(default_factory=lambda: {
-        "weights": [],
-        "hessian": ["--n", "64", "--top-k", "3", "--trace-samples", "20", "--slq-runs", "1"],
-        "features": ["--n", "256"],
-        "landscape": ["--mode", "1d", "--n", "256", "--range=-1:1:21"],
-    })
+    # geometry on the first seed of every main method: kind -> settings of its config class; each kind's
+    # module in grace_bench/geometry/diagnostics/ declares its study settings (``register(..., study=...)``)
+    geometry: dict[str, dict[str, Any]] = field(default_factory=lambda: _study_geometry("micro"))
     quick: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,6 +124,12 @@ class StudyRecipe:
         for key in ("methods", "seeds", "data_root", "wise_curve", "geometry"):
             d.pop(key)
         return d
+
+
+def _study_geometry(profile: str) -> dict[str, dict[str, Any]]:
+    from grace_bench.geometry.registry import study_geometry
+
+    return study_geometry(profile)
 
 
 def read_study_json(path: Path, fix: str) -> dict[str, Any]:
@@ -189,21 +191,14 @@ def study_recipe(suite: str = "micro", *, quick: bool = False, methods: list[str
             recipe.attack = "apgd-ce[restarts=1;iterations=5]"
             recipe.n_adv, recipe.eval_limit = 32, 128
             recipe.wise_curve = [0.5]
-            recipe.geometry = {
-                "weights": [],
-                "hessian": ["--n", "16", "--top-k", "1", "--trace-samples", "4", "--slq-runs", "1", "--slq-iter", "8",
-                            "--lanczos-iter", "20"],
-                "features": ["--n", "48", "--pgd-steps", "2", "--pgd-step-size", "2/255"],
-                "landscape": ["--mode", "1d", "--n", "32", "--range=-1:1:5"],
-            }
+            recipe.geometry = _study_geometry("quick")
             recipe.quick = True
     else:
         recipe = StudyRecipe(suite=suite, base=base or "ViT-B-32:openai", steps=None, batch_size=None,
                              warmup_steps=None, save_every=500, lr_source="method defaults",
                              attack="apgd-ce[restarts=1]",
                              n_adv=None, wise_curve=[0.1 * i for i in range(1, 10)],
-                             geometry={"weights": [], "hessian": ["--top-k", "3"], "features": [],
-                                       "landscape": ["--mode", "1d"]})
+                             geometry=_study_geometry("paper"))
     if base:
         recipe.base = base
     recipe.data_root = data_root

@@ -173,29 +173,32 @@ def geometry_entries(run: StudyRun) -> list[Entry]:
 
 
 def _geometry(run: StudyRun) -> None:
-    from grace_bench.cli import build_parser
+    """Every geometry job of the recipe through the library (``geometry.compute``: finished files are skipped)."""
+    from grace_bench.eval.run import resolve_device
+    from grace_bench.geometry.api import compute
+    from grace_bench.geometry.config import from_dict
+    from grace_bench.geometry.registry import get_kind
+    from grace_bench.models.checkpoints import load_checkpoint
 
-    parser = build_parser()
-    jobs = [(kind, flags, e) for e in geometry_entries(run) for kind, flags in run.recipe.geometry.items()
+    device = resolve_device(run.device)
+    configs = {}
+    for kind, settings in run.recipe.geometry.items():
+        cls = get_kind(kind).config
+        data = {"suite": run.recipe.suite, "data_root": run.recipe.data_root} if cls.NEEDS_DATA else {}
+        configs[kind] = from_dict(cls, {**data, **settings}, where=f"study geometry '{kind}'")
+        configs[kind].validate()
+    jobs = [(kind, e) for e in geometry_entries(run) for kind in configs
             if not (kind == "weights" and e.label == ZERO_SHOT)]
-    for kind, flags, entry in tqdm(jobs, desc="geometry", unit="job", disable=not run.progress):
-        argv = ["geometry", kind, entry.checkpoint, "--ref", run.recipe.base, "--out", str(run.geometry_dir),
-                "--label", entry.label, "--no-progress", "--device", run.device, *flags]
-        if kind != "weights":
-            argv += ["--suite", run.recipe.suite]
-            if run.recipe.data_root:
-                argv += ["--data-root", run.recipe.data_root]
-        args = parser.parse_args(argv)
-        _quietly(args.func, args)
-
-
-def _quietly(func: Callable[[Any], int], args: Any) -> None:
-    """Run a CLI function with its console lines swallowed (the study prints its own progress)."""
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        func(args)
+    base = None
+    current: tuple[str, Any] | None = None  # (spec, model): one checkpoint in memory at a time
+    for kind, entry in tqdm(jobs, desc="geometry", unit="job", disable=not run.progress):
+        if current is None or current[0] != entry.checkpoint:
+            current = (entry.checkpoint, load_checkpoint(entry.checkpoint, device=device))
+        ref = None
+        if configs[kind].ref_use() != "never":
+            base = base or load_checkpoint(run.recipe.base, device=device)
+            ref = base
+        compute(kind, current[1], configs[kind], run.geometry_dir, ref=ref, label=entry.label)
 
 
 def _path(value: str | None) -> Path | None:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from grace_bench.errors import UserError
+from grace_bench.geometry.diagonal import gauss_newton_diagonal
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +68,8 @@ def allocate_ranks(
 
 
 def gauss_newton_diag_proxy(grads: Sequence[torch.Tensor | None], n_v: int) -> torch.Tensor:
-    """Mean over all entries of ``n_v * g * g`` for one layer's factor gradients (missing grads count as 0)."""
-    total = None
-    count = 0
-    for g in grads:
-        if g is None:
-            continue
-        s = g.detach().float().pow(2).sum()
-        total = s if total is None else total + s
-        count += g.numel()
-    if total is None:
-        raise ValueError("layer has no gradients; is it part of the computation graph?")
-    return total * (n_v / count)
+    """Mean over all entries of ``n_v * g * g`` for one layer's factor gradients (missing grads are left out)."""
+    return gauss_newton_diagonal(grads, n_v).block_means([range(len(grads))])[0]
 
 
 def measure_layer_curvature(
@@ -90,15 +81,16 @@ def measure_layer_curvature(
     """Per-layer proxy (shape ``(num_layers,)``) from one CE forward/backward on the curvature batch (x, y).
 
     ``layer_factors[l]`` lists layer l's LoRA factor tensors. Parameter ``.grad`` fields are not touched.
+    The proxy is the block mean of the shared Gauss-Newton diagonal (``geometry.diagonal``), one block per layer.
     """
     flat = [p for factors in layer_factors for p in factors]
     loss = F.cross_entropy(logits_fn(x), y)
     grads = torch.autograd.grad(loss, flat, allow_unused=True)
-    out, i = [], 0
+    blocks, i = [], 0
     for factors in layer_factors:
-        out.append(gauss_newton_diag_proxy(grads[i : i + len(factors)], n_v=x.shape[0]))
+        blocks.append(range(i, i + len(factors)))
         i += len(factors)
-    return torch.stack(out)
+    return gauss_newton_diagonal(grads, x.shape[0]).block_means(blocks)
 
 
 class CurvatureCurriculum:
