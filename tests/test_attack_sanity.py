@@ -78,10 +78,10 @@ def test_parse_attack_spec():
 
 def test_attack_names_are_canonical_and_explicit():
     """A bare name, the default and the spelled-out name are one attack with one recorded name."""
-    from grace_bench.eval.config import MICRO_DEFAULTS
+    from grace_bench.data.suites import get_suite
 
     explicit = "apgd-ce[restarts=1,iters=100]"
-    for text in ["apgd-ce", "APGD-CE", MICRO_DEFAULTS["attack"], "apgd-ce[iterations=100]", explicit,
+    for text in ["apgd-ce", "APGD-CE", get_suite("micro").attack, "apgd-ce[iterations=100]", explicit,
                  "apgd-ce[iters=100;restarts=1;eot=1]"]:
         assert canonical_attack(text) == explicit, text
     assert parse_attack_spec("apgd-ce").settings_dict()["apgd-ce"]["restarts"] == "1"
@@ -296,12 +296,12 @@ def test_clear_state_removes_only_attack_state(tmp_path):
 
 def test_eval_help_states_what_the_bare_name_and_the_default_run(capsys, monkeypatch):
     from grace_bench.cli import main
-    from grace_bench.eval.config import IMAGENET_DEFAULTS, MICRO_DEFAULTS
+    from grace_bench.data.suites import get_suite
 
     monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside names
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     text = capsys.readouterr().out
-    for defaults in (MICRO_DEFAULTS, IMAGENET_DEFAULTS):
-        assert f"bare apgd-ce = {canonical_attack(defaults['attack'])} (the default)" in text
-    assert canonical_attack("apgd-ce") == canonical_attack(MICRO_DEFAULTS["attack"])
+    for name in ("micro", "imagenet"):
+        assert f"bare apgd-ce = {canonical_attack(get_suite(name).attack)} (the default)" in text
+    assert canonical_attack("apgd-ce") == canonical_attack(get_suite("micro").attack)

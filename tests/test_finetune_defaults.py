@@ -111,7 +111,7 @@ def test_broken_tuning_file_is_one_line(tmp_path):
 
 
 def test_markdown_tables_still_render():
-    from grace_bench.data.training_defaults import suite_defaults_markdown
+    from grace_bench.data.suites import suite_defaults_markdown
 
     methods = defaults_markdown()
     assert methods.startswith("| method | setting | default | source |") and "| ft | lr | 3e-05 |" in methods

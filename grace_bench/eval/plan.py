@@ -11,13 +11,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from grace_bench.data.suites import DatasetSpec, Suite, get_suite
+from grace_bench.data.suites import DatasetSpec, Suite, get_suite, suite_for_arch
 from grace_bench.errors import UserError
-from grace_bench.eval.config import EvalConfig, suite_defaults
+from grace_bench.eval.config import EvalConfig
 from grace_bench.models.clip_model import ClipModel
 from grace_bench.utils.paths import ensure_writable_dir
-
-MICRO_ARCHS = ("micro-clip", "tiny-clip")
 
 
 def read_text_list(path: Path, what: str, need_placeholder: bool = False) -> list[str]:
@@ -35,7 +33,8 @@ def read_text_list(path: Path, what: str, need_placeholder: bool = False) -> lis
 
 
 def default_suite_for(clip: ClipModel) -> str:
-    return "micro" if clip.arch in MICRO_ARCHS else "imagenet"
+    """The suite ``clip`` is evaluated on when none is named (the suites' ``model_archs``)."""
+    return suite_for_arch(clip.arch)
 
 
 def prompt_config(cfg: EvalConfig, suite: Suite) -> tuple[list[str], list[str]]:
@@ -108,9 +107,9 @@ def plan_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> EvalPlan:
                         "datasets")
     suite_name = cfg.suite
     if suite_name is None and arch is not None:
-        suite_name = "micro" if arch in MICRO_ARCHS else "imagenet"
+        suite_name = suite_for_arch(arch)
     suite = get_suite(suite_name) if suite_name else None
-    defaults = suite_defaults(suite.name if suite else "imagenet")
+    defaults = (suite or get_suite(suite_for_arch("*"))).eval_defaults()  # unknown arch: any-model suite's
     attack = canonical_attack(cfg.attack or defaults["attack"])  # explicit name: what runs is what is recorded
     attack_kind = parse_attack_spec(attack).kind
     eps = cfg.eps or defaults["eps"]
