@@ -175,7 +175,8 @@ def test_evaluate_adversarial_pgd_is_json_ready_resumable_and_restores_the_model
         assert 0 <= out[key] <= 1
     again = evaluate_adversarial(tiny_classifier, data, attack="pgd", eps="4/255", batch_size=4, chunk_size=4,
                                  state_dir=tmp_path, seed=3, progress=False)
-    assert again["timings"]["resumed_from"] == {"chunk": 3} and again["robust_flags"] == out["robust_flags"]
+    assert again["timings"]["resumed_from"] == {"chunk": 3, "attack_index": 0}
+    assert again["robust_flags"] == out["robust_flags"]
     assert again["timings"]["steps_run"] == 0
     fresh = evaluate_adversarial(tiny_classifier, data, attack="pgd", eps="4/255", batch_size=2, chunk_size=4,
                                  state_dir=tmp_path / "other", seed=3, progress=False)

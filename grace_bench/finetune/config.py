@@ -19,6 +19,7 @@ from typing import Any
 
 from grace_bench.errors import UserError
 from grace_bench.models.lora import DEFAULT_TARGETS, TARGET_SUFFIXES, TOWER_PREFIXES
+from grace_bench.utils.parsing import parse_bool, parse_number
 
 PRECISIONS = ("fp32", "bf16")
 # Keys that may differ between a run and its resume without changing the trajectory.
@@ -165,8 +166,6 @@ def _number(key: str, value: Any, *, integer: bool = False, minimum: float | Non
             return None
         raise UserError(f"config key '{key}' needs a value")
     try:
-        from grace_bench.finetune.methods.base import parse_number
-
         if isinstance(value, bool):
             raise ValueError
         num = parse_number(value)
@@ -186,13 +185,10 @@ def _number(key: str, value: Any, *, integer: bool = False, minimum: float | Non
 
 
 def _bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.lower() in ("true", "1", "yes")
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise UserError(f"config key '{key}' must be true or false, got {value!r}")
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise UserError(f"config key '{key}' must be true or false, got {value!r}") from None
 
 
 def _str_list(key: str, value: Any) -> list[str]:
