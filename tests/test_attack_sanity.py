@@ -18,15 +18,6 @@ from grace_bench.attacks.threat import canonical_attack, format_eps, parse_attac
 from grace_bench.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and spinning threads cost CPU on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _dataset(classifier, n=12, seed=0, num_classes=10):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 3, 16, 16, generator=g)
