@@ -2,8 +2,9 @@
 
 Edges: ``import grace_bench.x`` / ``from grace_bench.x import y`` (to ``grace_bench.x.y`` when that is a module),
 relative imports, and the package ``__init__`` of every imported module (importing ``a.b.c`` runs ``a/__init__``
-and ``a/b/__init__``). Left out: imports under ``if TYPE_CHECKING:`` (they never run) and a registry's lazy
-``"module:attribute"`` built-ins (``grace_bench.registry``), which load on first ``get``, after every import.
+and ``a/b/__init__``), also under ``if TYPE_CHECKING:`` (a type-only cycle is still two modules that need each
+other: move the shared type down). Left out: a registry's lazy ``"module:attribute"`` built-ins
+(``grace_bench.registry``), which load on first ``get``, after every import.
 """
 
 from __future__ import annotations
@@ -32,21 +33,10 @@ def _nearest(name: str, modules: dict[str, Path]) -> str | None:
     return name or None
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def _imported(tree: ast.AST, package: str) -> set[str]:
-    """Dotted names this module imports (at any depth), skipping ``if TYPE_CHECKING:`` bodies."""
+    """Dotted names this module imports, at any depth (functions, classes, ``if TYPE_CHECKING:``)."""
     names: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -56,10 +46,6 @@ def _imported(tree: ast.AST, package: str) -> set[str]:
                 base = ".".join(parent + ([node.module] if node.module else []))
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(tree)
     return names
 
 
@@ -122,7 +108,7 @@ def test_cycle_finder_sees_imports_inside_functions():
             "class C:\n    def g(self):\n        from . import c\n"
             "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import grace_bench.d\n")
     names = _imported(ast.parse(code), "grace_bench")
-    assert {"grace_bench.b", "grace_bench.b.x", "grace_bench.c"} <= names and "grace_bench.d" not in names
+    assert {"grace_bench.b", "grace_bench.b.x", "grace_bench.c", "grace_bench.d"} <= names
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
