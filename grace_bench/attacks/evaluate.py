@@ -1,4 +1,8 @@
-"""``evaluate_adversarial``: the one entry point the eval harness calls for the adversarial axis."""
+"""``evaluate_adversarial``: the one entry point the eval harness calls for the adversarial axis.
+
+It loads the attacked subset, looks the spec's kind up in ``threat.ATTACKS`` (PGD, the AutoAttack cascade),
+and runs that ``Attack`` in the one chunked, resumable loop (``loop.run_attack``).
+"""
 
 from __future__ import annotations
 
