@@ -94,3 +94,13 @@ def test_eval_plan_takes_the_suites_defaults(tmp_path, monkeypatch):
     finally:
         SUITES.unregister("_test-own-defaults")
     assert (plan.attack, plan.eps, plan.n_adv) == ("pgd[steps=10,step=1/255]", "2/255", 7)
+
+
+def test_eval_without_a_checkpoint_takes_the_suites_default_model(tmp_path):
+    from grace_bench.eval.config import EvalConfig
+    from grace_bench.eval.plan import plan_eval
+
+    assert plan_eval(EvalConfig(out=tmp_path)).checkpoint == "micro"
+    imagenet = plan_eval(EvalConfig(suite="imagenet", data_root=tmp_path, attack="none", out=tmp_path))
+    assert imagenet.checkpoint == "ViT-B-32:openai" and imagenet.suite.name == "imagenet"
+    assert plan_eval(EvalConfig(checkpoint="micro", suite="imagenet", out=tmp_path)).checkpoint == "micro"

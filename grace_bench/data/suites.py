@@ -12,8 +12,10 @@ from grace_bench.data.suite_spec import DataContext, DatasetSpec, Role, Suite
 from grace_bench.errors import UserError
 from grace_bench.registry import Registry
 
-__all__ = ["SUITES", "DataContext", "DatasetSpec", "Role", "Suite", "get_suite", "list_suites", "register_suite",
-           "suite_for_arch", "suite_defaults_markdown"]
+__all__ = ["DEFAULT_SUITE", "SUITES", "DataContext", "DatasetSpec", "Role", "Suite", "default_checkpoint_for",
+           "get_suite", "list_suites", "register_suite", "suite_defaults_markdown", "suite_for_arch"]
+
+DEFAULT_SUITE = "micro"  # what runs when neither a suite nor a checkpoint is named
 
 # name -> a factory returning the Suite (called on every get: a suite may read the environment).
 SUITES: Registry[Callable[[], Suite]] = Registry("suite", {
@@ -46,6 +48,14 @@ def suite_for_arch(arch: str) -> str:
         if "*" in suite.model_archs:
             return suite.name
     raise UserError(f"no suite evaluates architecture '{arch}' by default; name one with suite=... (--suite)")
+
+
+def default_checkpoint_for(suite_name: str | None) -> str:
+    """The checkpoint a suite evaluates when none is named (``DEFAULT_SUITE`` when no suite is named either)."""
+    suite = get_suite(suite_name or DEFAULT_SUITE)
+    if not suite.default_checkpoint:
+        raise UserError(f"suite '{suite.name}' has no default model; name the checkpoint to evaluate")
+    return suite.default_checkpoint
 
 
 def suite_defaults_markdown() -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 class EvalConfig:
     """Everything that determines an evaluation run; ``None`` means "the suite's default"."""
 
-    checkpoint: str = "micro"
+    checkpoint: str | None = None  # None: the suite's default model (micro: the shipped micro-CLIP)
     suite: str | None = None
     data_root: Path | None = None
     base: str | None = None

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from grace_bench.data.suites import DatasetSpec, Suite, get_suite, suite_for_arch
+from grace_bench.data.suites import DatasetSpec, Suite, default_checkpoint_for, get_suite, suite_for_arch
 from grace_bench.errors import UserError
 from grace_bench.eval.config import EvalConfig
 from grace_bench.models.clip_model import ClipModel
@@ -52,6 +52,7 @@ class EvalPlan:
     """The validated arguments of one evaluation (everything checked before any data or model is loaded)."""
 
     suite: Suite | None
+    checkpoint: str
     attack: str
     attack_kind: str
     eps: str
@@ -97,7 +98,8 @@ def plan_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> EvalPlan:
             raise UserError(f"{name} (--{name.replace('_', '-')}) must be an integer >= {low}, got {value!r}")
     if cfg.precision not in ("fp32", "bf16"):
         raise UserError(f"precision (--precision) must be fp32 or bf16, got {cfg.precision!r}")
-    arch = clip.arch if clip is not None else peek_arch(cfg.checkpoint)
+    checkpoint = cfg.checkpoint or default_checkpoint_for(cfg.suite)
+    arch = clip.arch if clip is not None else peek_arch(checkpoint)
     if cfg.base:
         from grace_bench.models.specs import parse_spec
 
@@ -121,7 +123,7 @@ def plan_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> EvalPlan:
         raise UserError(f"n_adv (--n-adv) must be an integer >= 1, got {n_adv!r}")
     if cfg.limit is not None:
         n_adv = min(n_adv, cfg.limit)
-    plan = EvalPlan(suite, attack, attack_kind, eps, norm, n_adv)
+    plan = EvalPlan(suite, checkpoint, attack, attack_kind, eps, norm, n_adv)
     if suite is not None:
         plan.templates, plan.classnames = prompt_config(cfg, suite)
         selected_datasets(suite, cfg)
