@@ -31,7 +31,7 @@ from grace_bench.attacks import sanity
 from grace_bench.attacks.chunks import DEFAULT_CHUNK_SIZE, DEFAULT_SEED, SEED_DERIVATION, chunk_ranges
 from grace_bench.attacks.loop import Attack, run_attack
 from grace_bench.attacks.progress import forwards_per_iteration, planned_iterations
-from grace_bench.attacks.state import model_device, model_hash, precision_of, state_key  # noqa: F401 - API
+from grace_bench.attacks.state import model_device, model_hash, precision_of, state_key
 from grace_bench.attacks.threat import (
     AA_ATTACKS,
     AA_SETTING_KEYS,

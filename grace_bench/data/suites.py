@@ -39,15 +39,21 @@ def list_suites() -> list[str]:
 
 
 def suite_for_arch(arch: str) -> str:
-    """The suite a model of architecture ``arch`` is evaluated on by default (the suites' ``model_archs``)."""
-    suites = [get_suite(name) for name in list_suites() if not name.startswith("_")]
-    for suite in suites:
+    """The suite a model of architecture ``arch`` is evaluated on by default (the suites' ``model_archs``).
+
+    Suites are built one at a time, ``DEFAULT_SUITE`` first, until one names ``arch``; a suite claiming ``"*"``
+    (any other architecture) is the fallback.
+    """
+    fallback = None
+    for name in [DEFAULT_SUITE] + [n for n in list_suites() if n != DEFAULT_SUITE and not n.startswith("_")]:
+        suite = get_suite(name)
         if arch in suite.model_archs:
             return suite.name
-    for suite in suites:
-        if "*" in suite.model_archs:
-            return suite.name
-    raise UserError(f"no suite evaluates architecture '{arch}' by default; name one with suite=... (--suite)")
+        if fallback is None and "*" in suite.model_archs:
+            fallback = suite.name
+    if fallback is None:
+        raise UserError(f"no suite evaluates architecture '{arch}' by default; name one with suite=... (--suite)")
+    return fallback
 
 
 def default_checkpoint_for(suite_name: str | None) -> str:
