@@ -19,8 +19,9 @@ def _add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="three-axis evaluation of a CLIP checkpoint (ID, OOD, adversarial)",
                        description="Zero-shot accuracy on every dataset of a suite, the adversarial axis, and the "
                                    "OOD / Nat-adv / Adv / HM aggregates. With no checkpoint: micro-CLIP on micro.")
-    p.add_argument("checkpoint", nargs="?", default="micro",
-                   help="checkpoint spec: micro | ARCH:TAG | ARCH:/path | local-dir:/p | hf-hub:org/name | runs/NAME")
+    p.add_argument("checkpoint", nargs="?",
+                   help="checkpoint spec: micro | ARCH:TAG | ARCH:/path | local-dir:/p | hf-hub:org/name | runs/NAME "
+                        "(default: the suite's model: micro-CLIP for micro, ViT-B-32:openai for imagenet)")
     p.add_argument("--suite", help="suite name (default: micro for micro models, else imagenet)")
     p.add_argument("--data-root", type=Path, help="root folder holding the ImageNet-family datasets")
     p.add_argument("--datasets", nargs="+", help="only these datasets of the suite")

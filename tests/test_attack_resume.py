@@ -11,9 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-import torch
-
 from grace_bench.eval.config import EvalConfig
 from grace_bench.eval.run import run_eval
 from tests.helpers import register_tiny_suite
@@ -45,14 +42,6 @@ autoattack._perturb = logged_perturb
 ZeroShotClassifier.forward = slow_forward
 sys.exit(main(sys.argv[3:]))
 """
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _cli_args(ckpt: str, out: Path) -> list[str]:

@@ -18,15 +18,6 @@ from grace_bench.attacks.threat import canonical_attack, format_eps, parse_attac
 from grace_bench.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and spinning threads cost CPU on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _dataset(classifier, n=12, seed=0, num_classes=10):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 3, 16, 16, generator=g)
@@ -78,10 +69,10 @@ def test_parse_attack_spec():
 
 def test_attack_names_are_canonical_and_explicit():
     """A bare name, the default and the spelled-out name are one attack with one recorded name."""
-    from grace_bench.eval.config import MICRO_DEFAULTS
+    from grace_bench.data.suites import get_suite
 
     explicit = "apgd-ce[restarts=1,iters=100]"
-    for text in ["apgd-ce", "APGD-CE", MICRO_DEFAULTS["attack"], "apgd-ce[iterations=100]", explicit,
+    for text in ["apgd-ce", "APGD-CE", get_suite("micro").attack, "apgd-ce[iterations=100]", explicit,
                  "apgd-ce[iters=100;restarts=1;eot=1]"]:
         assert canonical_attack(text) == explicit, text
     assert parse_attack_spec("apgd-ce").settings_dict()["apgd-ce"]["restarts"] == "1"
@@ -175,7 +166,8 @@ def test_evaluate_adversarial_pgd_is_json_ready_resumable_and_restores_the_model
         assert 0 <= out[key] <= 1
     again = evaluate_adversarial(tiny_classifier, data, attack="pgd", eps="4/255", batch_size=4, chunk_size=4,
                                  state_dir=tmp_path, seed=3, progress=False)
-    assert again["timings"]["resumed_from"] == {"chunk": 3} and again["robust_flags"] == out["robust_flags"]
+    assert again["timings"]["resumed_from"] == {"chunk": 3, "attack_index": 0}
+    assert again["robust_flags"] == out["robust_flags"]
     assert again["timings"]["steps_run"] == 0
     fresh = evaluate_adversarial(tiny_classifier, data, attack="pgd", eps="4/255", batch_size=2, chunk_size=4,
                                  state_dir=tmp_path / "other", seed=3, progress=False)
@@ -296,12 +288,12 @@ def test_clear_state_removes_only_attack_state(tmp_path):
 
 def test_eval_help_states_what_the_bare_name_and_the_default_run(capsys, monkeypatch):
     from grace_bench.cli import main
-    from grace_bench.eval.config import IMAGENET_DEFAULTS, MICRO_DEFAULTS
+    from grace_bench.data.suites import get_suite
 
     monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside names
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     text = capsys.readouterr().out
-    for defaults in (MICRO_DEFAULTS, IMAGENET_DEFAULTS):
-        assert f"bare apgd-ce = {canonical_attack(defaults['attack'])} (the default)" in text
-    assert canonical_attack("apgd-ce") == canonical_attack(MICRO_DEFAULTS["attack"])
+    for name in ("micro", "imagenet"):
+        assert f"bare apgd-ce = {canonical_attack(get_suite(name).attack)} (the default)" in text
+    assert canonical_attack("apgd-ce") == canonical_attack(get_suite("micro").attack)

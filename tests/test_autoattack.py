@@ -135,15 +135,6 @@ def test_attacks_on_projected_logits(tiny_classifier):
     assert ours.clean_acc == pytest.approx(9 / 12)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and spinning threads cost CPU on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 _SETTINGS = {"apgd-ce": {"restarts": 2, "iterations": 10}, "apgd-t": {"iterations": 5, "targets": 3}}
 
 

@@ -148,6 +148,7 @@ def _ddp_worker(rank, world, port, out_dir, sd_path):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes: ~17 s on 2 cores
 def test_ddp_eval_equals_single_process(tiny_clip, tmp_path):
     import socket
 

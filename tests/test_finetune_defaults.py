@@ -10,8 +10,9 @@ import pytest
 from grace_bench.data.suites import get_suite
 from grace_bench.data.training_defaults import MICRO_TUNING_FILE, TrainingDefaults, from_tuning_file
 from grace_bench.errors import UserError
-from grace_bench.finetune.config import FinetuneConfig, resolve_config
+from grace_bench.finetune.config import FinetuneConfig
 from grace_bench.finetune.methods import defaults_markdown, get_method
+from grace_bench.finetune.resolve import resolve_config
 from grace_bench.study.recipe import StudyRecipe, load_tuned_lr, study_recipe
 
 MICRO_LR_SOURCE = "suite micro default (grace_bench/study/micro_lr.json, tuned on val)"
@@ -111,7 +112,7 @@ def test_broken_tuning_file_is_one_line(tmp_path):
 
 
 def test_markdown_tables_still_render():
-    from grace_bench.data.training_defaults import suite_defaults_markdown
+    from grace_bench.data.suites import suite_defaults_markdown
 
     methods = defaults_markdown()
     assert methods.startswith("| method | setting | default | source |") and "| ft | lr | 3e-05 |" in methods

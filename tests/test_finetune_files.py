@@ -12,8 +12,9 @@ import torch
 
 from grace_bench.errors import UserError
 from grace_bench.finetune import checkpointing as ckpt
-from grace_bench.finetune.config import config_from_dict, load_config_file, resolve_config
+from grace_bench.finetune.config import config_from_dict, load_config_file
 from grace_bench.finetune.methods import get_method
+from grace_bench.finetune.resolve import resolve_config
 
 from .test_trainer import cfg_for, run
 

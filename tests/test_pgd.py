@@ -10,15 +10,6 @@ from grace_bench.attacks.pgd import margin_loss, pgd_attack
 from grace_bench.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and spinning threads cost CPU on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _inputs(classifier, n=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 3, 16, 16, generator=g)

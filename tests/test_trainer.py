@@ -13,9 +13,10 @@ from torch.utils.data import TensorDataset
 from grace_bench.data.suites import get_suite, register_suite
 from grace_bench.errors import NonFiniteLossError, UserError
 from grace_bench.finetune import checkpointing as ckpt
-from grace_bench.finetune.config import FinetuneConfig, config_from_dict, load_config_file, resolve_config
+from grace_bench.finetune.config import FinetuneConfig, config_from_dict, load_config_file
 from grace_bench.finetune.methods import get_method, register_method
 from grace_bench.finetune.methods.ft import FT
+from grace_bench.finetune.resolve import resolve_config
 from grace_bench.finetune.trainer import cosine_schedule, epoch_order, train
 from grace_bench.models.loading import build_clip_model
 

@@ -13,14 +13,6 @@ from grace_bench.errors import UserError
 from grace_bench.geometry.weights import layer_of, tower_of, weight_drift
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_weight_drift_by_hand():
     ref = {
         "visual.conv1.weight": torch.tensor([3.0, 4.0]),

@@ -9,6 +9,11 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "Attack": "loop",
+    "run_attack": "loop",
+    "PGDAttack": "pgd_eval",
+    "AutoAttackCascade": "autoattack",
+    "ATTACKS": "threat",
     "AutoAttackResult": "autoattack",
     "build_autoattack": "autoattack",
     "run_autoattack": "autoattack",

@@ -6,7 +6,8 @@ and hence results differ from an uninterrupted run; it writes the file non-atomi
 that still has attacks to run fails (``y_adv`` is only defined when the clean pass runs).
 
 So this module builds pyautoattack's own ``AutoAttack`` object (the sub-attacks and every default come
-from it) and drives its sub-attacks itself, one fixed chunk at a time (``chunks.py``): for chunk ``c`` the
+from it) and drives its sub-attacks itself as the steps of an ``Attack`` (``AutoAttackCascade``) run by the
+one chunked loop (``loop.py``), one fixed chunk at a time (``chunks.py``): for chunk ``c`` the
 clean pass, then each sub-attack on the chunk's examples still robust, with ``seed = chunk_seed(seed, c)``,
 exactly as ``run_standard_evaluation`` does with ``batch_size = chunk_size`` on that chunk. Every
 sub-attack reseeds torch at the start of ``perturb``, so a step's outcome depends only on its inputs and
@@ -17,8 +18,6 @@ seed. Each chunk's state (flags, next sub-attack) is replaced atomically after e
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,21 +28,21 @@ import torch
 from torch import nn
 
 from grace_bench.attacks import sanity
-from grace_bench.attacks.chunks import DEFAULT_CHUNK_SIZE, SEED_DERIVATION, chunk_ranges, chunk_seed
-from grace_bench.attacks.progress import AttackProgress, forwards_per_iteration, planned_iterations
+from grace_bench.attacks.chunks import DEFAULT_CHUNK_SIZE, DEFAULT_SEED, SEED_DERIVATION, chunk_ranges
+from grace_bench.attacks.loop import Attack, run_attack
+from grace_bench.attacks.progress import forwards_per_iteration, planned_iterations
+from grace_bench.attacks.state import model_device, model_hash, precision_of, state_key
 from grace_bench.attacks.threat import (
     AA_ATTACKS,
     AA_SETTING_KEYS,
+    AttackSpec,
     check_eps_for_norm,
     format_eps,
     parse_eps,
     parse_norm,
 )
 from grace_bench.errors import UserError
-from grace_bench.utils.atomic import atomic_write_json
 
-DEFAULT_SEED = 0
-STATE_SCHEMA = "grace-bench/autoattack-chunk-state/v1"
 VERSIONS = ("standard", "plus", "rand", "custom")
 # Fewest classes each attack needs: DLR uses the 3rd-largest logit, targeted DLR the 4th.
 MIN_CLASSES = {"apgd-ce": 2, "apgd-dlr": 3, "apgd-t": 4, "fab": 2, "fab-t": 2, "square": 2}
@@ -137,6 +136,65 @@ def build_autoattack(
     return adversary, config
 
 
+class AutoAttackCascade(Attack):
+    """pyautoattack's cascade behind the ``Attack`` interface: one step per sub-attack, each run on the chunk's
+    examples still robust, seeded by the chunk seed, exactly as ``run_standard_evaluation`` does."""
+
+    prefix = "autoattack"
+    label = "AutoAttack"
+
+    def __init__(self, adversary, config: dict[str, Any]) -> None:
+        self.adversary, self.config = adversary, config
+        self.steps = tuple(config["attacks"])
+        self.expect_random = config["version"] == "rand"
+
+    @classmethod
+    def from_spec(cls, spec: AttackSpec, model: nn.Module, x: torch.Tensor, *, eps: float, norm: str, seed: int,
+                  chunk_size: int, device: torch.device) -> AutoAttackCascade:
+        """The cascade an ``--attack`` spec names, for ``model`` on the ``x`` subset."""
+        return cls.build(model, x, eps=eps, norm=norm, version=spec.version or "standard",
+                         attacks=spec.attacks or None, settings=spec.settings_dict() or None, seed=seed,
+                         chunk_size=chunk_size, device=device)
+
+    @classmethod
+    def build(cls, model: nn.Module, x: torch.Tensor, *, eps: float | str, norm: str, version: str,
+              attacks: Sequence[str] | None, settings: Mapping[str, Mapping[str, Any]] | None, seed: int,
+              chunk_size: int, device: torch.device) -> AutoAttackCascade:
+        with torch.no_grad():
+            num_classes = int(model(x[:1].to(device)).shape[-1])
+        adversary, config = build_autoattack(model, num_classes=num_classes, version=version, attacks=attacks,
+                                             settings=settings, eps=eps, norm=norm, seed=seed, device=device)
+        config.update(chunk_size=chunk_size, n_chunks=len(chunk_ranges(x.shape[0], chunk_size)),
+                      chunk_seeds=SEED_DERIVATION, n=x.shape[0], precision=precision_of(model), device=device.type,
+                      resume="per (chunk, sub-attack) state; chunk c equals pyautoattack's run_standard_evaluation "
+                             "on that chunk with seed chunk_seed(seed, c)")
+        return cls(adversary, config)
+
+    def planned(self, step: str) -> int:
+        return planned_iterations(step, self.config["settings"][step])
+
+    def per_iteration(self, step: str) -> int:
+        return forwards_per_iteration(step, self.config["settings"][step])
+
+    def run_step(self, step, model, x, y, robust, seed, device) -> torch.Tensor:
+        robust = robust.clone()
+        idx = torch.nonzero(robust, as_tuple=False).flatten()
+        if idx.numel():  # like run_standard_evaluation: under no_grad (APGD enables grad inside)
+            with torch.no_grad():
+                xb, yb = x[idx].clone().to(device), y[idx].clone().to(device)
+                adv = _perturb(self.adversary, step, self.config["settings"][step], seed, xb, yb)
+                fooled = ~yb.eq(model(adv).max(dim=1)[1]).cpu()
+            robust[idx[fooled]] = False
+        return robust
+
+    def setup_warnings(self) -> list[str]:
+        return sanity.emit([f"AutoAttack dropped {a}: {why}" for a, why in self.config["dropped"].items()])
+
+    def extra_warnings(self, cascade: Mapping[str, float]) -> list[str]:
+        masking = sanity.check_gradient_masking(dict(cascade))
+        return sanity.emit([masking]) if masking else []
+
+
 def run_autoattack(
     model: nn.Module,
     x: torch.Tensor,
@@ -164,112 +222,20 @@ def run_autoattack(
     a hash of its state dict).
     """
     t_start = time.perf_counter()
-    ranges = chunk_ranges(x.shape[0], chunk_size)
+    chunk_ranges(x.shape[0], chunk_size)
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise UserError(f"need as many labels as images (and at least one), got {x.shape[0]} and {y.shape[0]}")
     sanity.check_pixel_range(x)
     device = torch.device(device) if device is not None else model_device(model)
     y = y.long()
-    n = x.shape[0]
-    with torch.no_grad():
-        num_classes = int(model(x[:1].to(device)).shape[-1])
-    adversary, config = build_autoattack(model, num_classes=num_classes, version=version, attacks=attacks,
-                                         settings=settings, eps=eps, norm=norm, seed=seed, device=device)
-    config.update(chunk_size=chunk_size, n_chunks=len(ranges), chunk_seeds=SEED_DERIVATION, n=n,
-                  precision=precision_of(model), device=device.type,
-                  resume="per (chunk, sub-attack) state; chunk c equals pyautoattack's run_standard_evaluation "
-                         "on that chunk with seed chunk_seed(seed, c)")
-    key = state_key(config, x, y, model_key or model_hash(model))
-    folder = Path(state_dir) / f"autoattack-{key[:16]}" if state_dir is not None else None
-
-    messages: list[str] = []
-    if config["dropped"]:
-        messages += sanity.emit([f"AutoAttack dropped {a}: {why}" for a, why in config["dropped"].items()])
-    names = config["attacks"]
-    plan = {a: planned_iterations(a, config["settings"][a]) for a in names}
-    bar = AttackProgress(len(ranges) * sum(plan.values()), desc="AutoAttack", enabled=progress)
-    clean = torch.zeros(n, dtype=torch.bool)
-    robust = torch.zeros(n, dtype=torch.bool)
-    counts = {a: 0 for a in names}
-    seconds: dict[str, float] = {"clean": 0.0, **{a: 0.0 for a in names}}
-    loaded, first_todo, steps_run = False, None, 0
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        checks_s = 0.0
-        if checks:
-            t0 = time.perf_counter()
-            messages += sanity.model_checks(model, x[:chunk_size].to(device), y[:chunk_size].to(device),
-                                            expect_random=version == "rand")
-            checks_s = time.perf_counter() - t0
-        for c, (start, stop) in enumerate(ranges):
-            path = folder / f"chunk-{c:05d}.json" if folder is not None else None
-            state = load_state(path, key)
-            loaded = loaded or state is not None
-            if first_todo is None and (state is None or state["next_attack"] < len(names)):
-                first_todo = {"chunk": c, "attack_index": 0 if state is None else state["next_attack"]}
-            if state is None:
-                state = {"schema": STATE_SCHEMA, "key": key, "chunk": c, "start": start, "stop": stop,
-                         "seed": chunk_seed(seed, c), "clean": None, "robust": None, "next_attack": 0,
-                         "counts": {}, "seconds": {}}
-            steps_run += _run_chunk(adversary, names, config["settings"], model, x[start:stop], y[start:stop],
-                                    state, path, device, bar, plan, f"{c + 1}/{len(ranges)}")
-            clean[start:stop] = unpack_flags(state["clean"])
-            robust[start:stop] = unpack_flags(state["robust"])
-            for a in names:
-                counts[a] += state["counts"][a]
-            for k, v in state["seconds"].items():
-                seconds[k] = seconds.get(k, 0.0) + v
-    bar.close()
-
-    cascade = {"clean": float(clean.float().mean()), **{a: counts[a] / n for a in names}}
-    masking = sanity.check_gradient_masking(cascade)
-    if masking:
-        messages += sanity.emit([masking])
-    sanity.check_invariants(robust, clean, config["eps"])
-    timings = {
-        "total_s": time.perf_counter() - t_start,
-        "clean_s": seconds["clean"],
-        "checks_s": checks_s,
-        "attacks_s": {a: seconds[a] for a in names},
-        # where this call picked up saved work: the first step it had to run (None: nothing was saved)
-        "resumed_from": (first_todo or {"chunk": len(ranges), "attack_index": 0}) if loaded else None,
-        "steps_run": steps_run,
-    }
-    return AutoAttackResult(robust=robust, clean=clean, cascade=cascade, config=config, timings=timings,
-                            warnings=messages)
-
-
-def _run_chunk(adversary, names, settings, model, x, y, state, path, device, bar, plan, label) -> int:
-    """The clean pass and the remaining cascade steps of one chunk, saving after each; returns steps run."""
-    if state["clean"] is None:
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            flags = y.to(device).eq(model(x.clone().to(device)).max(dim=1)[1]).cpu()
-        state.update(clean=pack_flags(flags), robust=pack_flags(flags))
-        state["seconds"]["clean"] = time.perf_counter() - t0
-        save_state(path, state)
-    robust = unpack_flags(state["robust"])
-    for name in names[: state["next_attack"]]:
-        bar.skip(plan[name])
-    steps = 0
-    for index in range(state["next_attack"], len(names)):
-        name = names[index]
-        t0 = time.perf_counter()
-        idx = torch.nonzero(robust, as_tuple=False).flatten()
-        bar.note(chunk=label, attack=name, robust=f"{int(robust.sum())}/{robust.numel()}")
-        with bar.step(model, plan[name], forwards_per_iteration(name, settings[name])), torch.no_grad():
-            if idx.numel():  # like run_standard_evaluation: under no_grad (APGD enables grad inside)
-                xb, yb = x[idx].clone().to(device), y[idx].clone().to(device)
-                adv = _perturb(adversary, name, settings[name], state["seed"], xb, yb)
-                fooled = ~yb.eq(model(adv).max(dim=1)[1]).cpu()
-                robust[idx[fooled]] = False
-        steps += 1
-        state["robust"] = pack_flags(robust)
-        state["counts"][name] = int(robust.sum())
-        state["seconds"][name] = time.perf_counter() - t0
-        state["next_attack"] = index + 1
-        save_state(path, state)
-    return steps
+    cascade = AutoAttackCascade.build(model, x, eps=eps, norm=norm, version=version, attacks=attacks,
+                                      settings=settings, seed=seed, chunk_size=chunk_size, device=device)
+    key = state_key(cascade.config, x, y, model_key or model_hash(model))
+    run = run_attack(cascade, model, x, y, seed=seed, chunk_size=chunk_size, key=key, state_dir=state_dir,
+                     device=device, progress=progress, checks=checks)
+    run.timings["total_s"] = time.perf_counter() - t_start
+    return AutoAttackResult(robust=run.robust, clean=run.clean, cascade=run.cascade, config=cascade.config,
+                            timings=run.timings, warnings=run.warnings)
 
 
 def _perturb(adversary, name: str, s: Mapping[str, Any], seed: int, x: torch.Tensor, y: torch.Tensor):
@@ -332,65 +298,3 @@ def _set_apgd_iterations(attack, n_iter: int) -> None:
     attack.n_iter_2 = max(int(0.22 * n_iter), 1)
     attack.n_iter_min = max(int(0.06 * n_iter), 1)
     attack.size_decr = max(int(0.03 * n_iter), 1)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU if it has none)."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-def precision_of(model: nn.Module) -> str:
-    """``"fp32"`` when every floating-point parameter is float32, else the dtypes found."""
-    dtypes = {str(p.dtype).replace("torch.", "") for p in model.parameters() if p.is_floating_point()}
-    return "fp32" if dtypes <= {"float32"} else ",".join(sorted(dtypes))
-
-
-def model_hash(model: nn.Module) -> str:
-    """sha256 of the model's state dict (weights, head and class subset)."""
-    from grace_bench.models.clip_model import state_dict_fingerprint
-
-    return state_dict_fingerprint(model.state_dict())
-
-
-def state_key(config: Mapping[str, Any], x: torch.Tensor, y: torch.Tensor, model_key: str) -> str:
-    """sha256 over the resolved config, the model key and the exact input bytes: a state is reused only
-    for the same attack on the same model and data."""
-    h = hashlib.sha256()
-    h.update(json.dumps(dict(config), sort_keys=True, default=str).encode())
-    h.update(model_key.encode())
-    for t in (x, y):
-        t = t.detach().cpu().contiguous()
-        h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-    return h.hexdigest()
-
-
-def load_state(path: Path | None, key: str, schema: str = STATE_SCHEMA) -> dict | None:
-    """The saved state at ``path`` if it exists and matches ``schema`` and ``key``, else ``None``."""
-    if path is None or not path.exists():
-        return None
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # unreadable: start again (our writes are atomic, so this is not one of ours)
-    if state.get("schema") != schema or state.get("key") != key:
-        return None
-    return state
-
-
-def save_state(path: Path | None, state: dict) -> None:
-    """Replace ``path`` atomically with ``state`` (no-op without a path)."""
-    if path is not None:
-        atomic_write_json(path, state)
-
-
-def pack_flags(flags: torch.Tensor) -> str:
-    """Bool flags as a compact ``"0101..."`` string."""
-    return "".join("1" if f else "0" for f in flags.tolist())
-
-
-def unpack_flags(text: str) -> torch.Tensor:
-    """Inverse of ``pack_flags``."""
-    return torch.tensor([c == "1" for c in text], dtype=torch.bool)

@@ -17,6 +17,7 @@ from pathlib import Path
 from grace_bench.errors import UserError
 
 DEFAULT_CHUNK_SIZE = 50
+DEFAULT_SEED = 0
 SEED_DERIVATION = "sha256('{seed}:{chunk}')[:8] little-endian, 63 bits, per chunk"
 STATE_PREFIXES = ("autoattack-", "pgd-")
 

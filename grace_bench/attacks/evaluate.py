@@ -1,4 +1,8 @@
-"""``evaluate_adversarial``: the one entry point the eval harness calls for the adversarial axis."""
+"""``evaluate_adversarial``: the one entry point the eval harness calls for the adversarial axis.
+
+It loads the attacked subset, looks the spec's kind up in ``threat.ATTACKS`` (PGD, the AutoAttack cascade),
+and runs that ``Attack`` in the one chunked, resumable loop (``loop.run_attack``).
+"""
 
 from __future__ import annotations
 
@@ -13,23 +17,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from grace_bench.attacks import sanity
-from grace_bench.attacks.autoattack import (
-    DEFAULT_SEED,
-    load_state,
-    model_device,
-    model_hash,
-    pack_flags,
-    precision_of,
-    run_autoattack,
-    save_state,
-    state_key,
-    unpack_flags,
-)
-from grace_bench.attacks.chunks import DEFAULT_CHUNK_SIZE, SEED_DERIVATION, chunk_ranges, chunk_seed, clear_state
+from grace_bench.attacks.chunks import DEFAULT_CHUNK_SIZE, DEFAULT_SEED, chunk_ranges, clear_state
+from grace_bench.attacks.loop import run_attack
 from grace_bench.attacks.naming import describe_attack
-from grace_bench.attacks.pgd import pgd_attack
-from grace_bench.attacks.progress import AttackProgress
+from grace_bench.attacks.state import model_device, model_hash, state_key
 from grace_bench.attacks.threat import (
+    ATTACKS,
     PGD_STEP_SIZE,
     PGD_STEPS,
     AttackSpec,
@@ -41,7 +34,6 @@ from grace_bench.attacks.threat import (
 )
 from grace_bench.errors import UserError
 
-PGD_STATE_SCHEMA = "grace-bench/pgd-chunk-state/v1"
 __all__ = ["PGD_STEPS", "PGD_STEP_SIZE", "clear_state", "evaluate_adversarial"]
 
 
@@ -89,14 +81,14 @@ def evaluate_adversarial(
     load_s = time.perf_counter() - t_start
     state_dir = Path(state_dir)
     with _attack_mode(classifier):
-        if spec.kind == "pgd":
-            out = _run_pgd(classifier, x, y, spec, eps_value, norm, seed, chunk_size, state_dir, progress)
-        else:
-            result = run_autoattack(classifier, x, y, eps=eps_value, norm=norm, version=spec.version,
-                                    attacks=spec.attacks or None, settings=spec.settings_dict() or None, seed=seed,
-                                    chunk_size=chunk_size, state_dir=state_dir, progress=progress)
-            out = {"robust": result.robust, "clean": result.clean, "cascade": result.cascade,
-                   "config": result.config, "timings": result.timings, "warnings": result.warnings}
+        device = model_device(classifier)
+        attack_obj = ATTACKS.get(spec.kind).from_spec(spec, classifier, x, eps=eps_value, norm=norm, seed=seed,
+                                                      chunk_size=chunk_size, device=device)
+        key = state_key(attack_obj.config, x, y, model_hash(classifier))
+        run = run_attack(attack_obj, classifier, x, y, seed=seed, chunk_size=chunk_size, key=key,
+                         state_dir=state_dir, device=device, progress=progress)
+    out = {"robust": run.robust, "clean": run.clean, "cascade": run.cascade, "config": attack_obj.config,
+           "timings": run.timings, "warnings": run.warnings}
     out["timings"].update(load_s=load_s, total_s=time.perf_counter() - t_start)
     robust, clean = out["robust"], out["clean"]
     return {
@@ -106,8 +98,8 @@ def evaluate_adversarial(
         "eps_value": eps_value,
         "norm": norm,
         "n": len(chosen),
-        "clean_acc": float(clean.float().mean()),
-        "robust_acc": float(robust.float().mean()),
+        "clean_acc": int(clean.sum()) / len(chosen),  # exact fractions, equal to the cascade's
+        "robust_acc": int(robust.sum()) / len(chosen),
         "cascade": out["cascade"],
         "config": out["config"],
         "timings": out["timings"],
@@ -116,66 +108,6 @@ def evaluate_adversarial(
         "clean_flags": clean.tolist(),
         "indices": chosen,
     }
-
-
-def _run_pgd(classifier, x, y, spec, eps, norm, seed, chunk_size, state_dir, progress) -> dict[str, Any]:
-    """PGD over fixed chunks; chunk ``c``'s random start uses a generator seeded by ``chunk_seed(seed, c)``."""
-    settings = spec.settings_dict().get("pgd", {})
-    steps = int(settings.get("steps", PGD_STEPS))
-    step_size = format_eps(settings.get("step", PGD_STEP_SIZE))
-    device = model_device(classifier)
-    ranges = chunk_ranges(x.shape[0], chunk_size)
-    config = {"attack": "pgd", "eps": eps, "eps_str": format_eps(eps), "norm": norm, "steps": steps,
-              "step_size": step_size, "step_size_value": parse_eps(step_size), "random_start": True, "restarts": 1,
-              "loss": "ce", "seed": seed, "seed_derivation": SEED_DERIVATION, "chunk_size": chunk_size,
-              "n_chunks": len(ranges), "n": x.shape[0], "precision": precision_of(classifier),
-              "device": device.type}
-    key = state_key(config, x, y, model_hash(classifier))
-    path = state_dir / f"pgd-{key[:16]}.json"
-    state = load_state(path, key, schema=PGD_STATE_SCHEMA)
-    resumed_from = None if state is None else {"chunk": state["next_chunk"]}
-    if state is None:
-        state = {"schema": PGD_STATE_SCHEMA, "key": key, "next_chunk": 0, "clean": "", "robust": "",
-                 "attack_s": 0.0, "clean_s": 0.0}
-    t0 = time.perf_counter()
-    messages = sanity.model_checks(classifier, x[:chunk_size].to(device), y[:chunk_size].to(device))
-    checks_s = time.perf_counter() - t0
-    bar = AttackProgress(len(ranges) * steps, desc="PGD", enabled=progress)
-    bar.skip(state["next_chunk"] * steps)
-    steps_run = 0
-    for c, (start, stop) in enumerate(ranges):
-        if c < state["next_chunk"]:
-            continue
-        xb, yb = x[start:stop].to(device), y[start:stop].to(device)
-        t_clean = time.perf_counter()
-        with torch.no_grad():
-            clean = classifier(xb).argmax(dim=1).eq(yb)
-        t_attack = time.perf_counter()
-        bar.note(chunk=f"{c + 1}/{len(ranges)}")
-        generator = torch.Generator(device=device).manual_seed(chunk_seed(seed, c))
-        with bar.step(classifier, steps, 1):
-            x_adv = pgd_attack(classifier, xb, yb, eps=eps, norm=norm, steps=steps, step_size=step_size,
-                               random_start=True, loss="ce", generator=generator)
-            with torch.no_grad():
-                robust = clean & classifier(x_adv).argmax(dim=1).eq(yb)
-            robust, clean = robust.cpu(), clean.cpu()  # syncs once per chunk
-        steps_run += 1
-        state["clean_s"] += t_attack - t_clean
-        state["attack_s"] += time.perf_counter() - t_attack
-        state["clean"] += pack_flags(clean)
-        state["robust"] += pack_flags(robust)
-        state["next_chunk"] = c + 1
-        save_state(path, state)
-    bar.close()
-    clean, robust = unpack_flags(state["clean"]), unpack_flags(state["robust"])
-    sanity.check_invariants(robust, clean, eps)
-    attack_s = state["attack_s"]
-    timings = {"clean_s": state["clean_s"], "checks_s": checks_s, "attack_s": attack_s,
-               "image_steps_per_s": x.shape[0] * steps / attack_s if attack_s > 0 else None,
-               "resumed_from": resumed_from, "steps_run": steps_run}
-    cascade = {"clean": float(clean.float().mean()), "pgd": float(robust.float().mean())}
-    return {"robust": robust, "clean": clean, "cascade": cascade, "config": config, "timings": timings,
-            "warnings": messages}
 
 
 def _select_indices(size: int, n: int | None, indices: Sequence[int] | None) -> list[int]:

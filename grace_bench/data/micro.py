@@ -30,7 +30,7 @@ from torch.utils.data import TensorDataset
 
 from grace_bench.data import micro_render as R
 from grace_bench.data.micro_text import MICRO_CLASSNAMES, MICRO_TEMPLATES, SINGLE_TEMPLATE
-from grace_bench.data.suites import DatasetSpec, Suite, register_suite
+from grace_bench.data.suite_spec import DatasetSpec, Suite
 from grace_bench.data.training_defaults import from_tuning_file
 from grace_bench.errors import UserError
 from grace_bench.utils.atomic import atomic_path
@@ -300,7 +300,8 @@ def micro_dataset(name: str, split: str = "test") -> TensorDataset:
     return TensorDataset(x, y)
 
 
-def _suite() -> Suite:
+def micro_suite() -> Suite:
+    """The micro suite (registered as ``micro`` in ``grace_bench.data.suites``)."""
     roles = {"micro": "id", "micro-v2": "ood", "micro-sketch": "ood", "micro-r": "ood", "micro-a": "nat-adv"}
     specs = tuple(
         DatasetSpec(name=n, role=roles[n], loader=(lambda ctx, n=n: micro_dataset(n, "test")))
@@ -315,9 +316,9 @@ def _suite() -> Suite:
         default_checkpoint="micro",
         info={"image_size": R.SIZE, "splits": {k: int(len(v)) for k, v in split_indices().items()}},
         training=lambda: from_tuning_file("micro"),  # the study's budget and its val-tuned learning rates
+        attack="apgd-ce[restarts=1]",
+        eps="4/255",
+        n_adv=250,
+        model_archs=("micro-clip", "tiny-clip"),
+        loader_workers=0,  # in-memory tensors
     )
-
-
-register_suite("micro", _suite)
-
-

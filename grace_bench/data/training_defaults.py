@@ -97,22 +97,3 @@ def from_tuning_file(suite: str, path: Path = MICRO_TUNING_FILE) -> TrainingDefa
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def suite_defaults_markdown() -> str:
-    """A Markdown table of every suite's fine-tuning defaults and their sources (for the README)."""
-    from grace_bench.data.suites import get_suite, list_suites
-
-    rows = ["| suite | setting | default | source |", "|---|---|---|---|"]
-    for name in list_suites():
-        if name.startswith("_"):
-            continue
-        defaults = get_suite(name).training_defaults()
-        if defaults is None:
-            rows.append(f"| {name} | (all) | method paper defaults | the method table |")
-            continue
-        for key, value in {**defaults.trainer, **defaults.method_args}.items():
-            rows.append(f"| {name} | {key} | {value!r} | {defaults.source} |")
-        for method, value in sorted(defaults.lr.items()):
-            rows.append(f"| {name} | lr ({method}) | {value!r} | {defaults.lr_source} |")
-    return "\n".join(rows)

@@ -1,19 +1,16 @@
-"""The evaluation config (what `grace-bench eval` was asked to do), with defaults per suite."""
+"""The evaluation config (what `grace-bench eval` was asked to do); ``None`` fields take the suite's defaults."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-MICRO_DEFAULTS = {"attack": "apgd-ce[restarts=1]", "eps": "4/255", "n_adv": 250}
-IMAGENET_DEFAULTS = {"attack": "apgd-ce[restarts=1]", "eps": "4/255", "n_adv": 5000}
-
 
 @dataclass
 class EvalConfig:
     """Everything that determines an evaluation run; ``None`` means "the suite's default"."""
 
-    checkpoint: str = "micro"
+    checkpoint: str | None = None  # None: the suite's default model (micro: the shipped micro-CLIP)
     suite: str | None = None
     data_root: Path | None = None
     base: str | None = None
@@ -43,7 +40,3 @@ class EvalConfig:
         d = asdict(self)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
-
-def suite_defaults(suite_name: str) -> dict:
-    """The adversarial defaults of a suite (micro: APGD-CE, 1 restart, at 4/255 on the first 250 test images)."""
-    return dict(MICRO_DEFAULTS if suite_name == "micro" else IMAGENET_DEFAULTS)

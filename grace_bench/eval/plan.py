@@ -11,13 +11,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from grace_bench.data.suites import DatasetSpec, Suite, get_suite
+from grace_bench.data.suites import DatasetSpec, Suite, default_checkpoint_for, get_suite, suite_for_arch
 from grace_bench.errors import UserError
-from grace_bench.eval.config import EvalConfig, suite_defaults
+from grace_bench.eval.config import EvalConfig
 from grace_bench.models.clip_model import ClipModel
 from grace_bench.utils.paths import ensure_writable_dir
-
-MICRO_ARCHS = ("micro-clip", "tiny-clip")
 
 
 def read_text_list(path: Path, what: str, need_placeholder: bool = False) -> list[str]:
@@ -35,7 +33,8 @@ def read_text_list(path: Path, what: str, need_placeholder: bool = False) -> lis
 
 
 def default_suite_for(clip: ClipModel) -> str:
-    return "micro" if clip.arch in MICRO_ARCHS else "imagenet"
+    """The suite ``clip`` is evaluated on when none is named (the suites' ``model_archs``)."""
+    return suite_for_arch(clip.arch)
 
 
 def prompt_config(cfg: EvalConfig, suite: Suite) -> tuple[list[str], list[str]]:
@@ -53,6 +52,7 @@ class EvalPlan:
     """The validated arguments of one evaluation (everything checked before any data or model is loaded)."""
 
     suite: Suite | None
+    checkpoint: str
     attack: str
     attack_kind: str
     eps: str
@@ -98,7 +98,8 @@ def plan_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> EvalPlan:
             raise UserError(f"{name} (--{name.replace('_', '-')}) must be an integer >= {low}, got {value!r}")
     if cfg.precision not in ("fp32", "bf16"):
         raise UserError(f"precision (--precision) must be fp32 or bf16, got {cfg.precision!r}")
-    arch = clip.arch if clip is not None else peek_arch(cfg.checkpoint)
+    checkpoint = cfg.checkpoint or default_checkpoint_for(cfg.suite)
+    arch = clip.arch if clip is not None else peek_arch(checkpoint)
     if cfg.base:
         from grace_bench.models.specs import parse_spec
 
@@ -108,9 +109,9 @@ def plan_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> EvalPlan:
                         "datasets")
     suite_name = cfg.suite
     if suite_name is None and arch is not None:
-        suite_name = "micro" if arch in MICRO_ARCHS else "imagenet"
+        suite_name = suite_for_arch(arch)
     suite = get_suite(suite_name) if suite_name else None
-    defaults = suite_defaults(suite.name if suite else "imagenet")
+    defaults = (suite or get_suite(suite_for_arch("*"))).eval_defaults()  # unknown arch: any-model suite's
     attack = canonical_attack(cfg.attack or defaults["attack"])  # explicit name: what runs is what is recorded
     attack_kind = parse_attack_spec(attack).kind
     eps = cfg.eps or defaults["eps"]
@@ -122,7 +123,7 @@ def plan_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> EvalPlan:
         raise UserError(f"n_adv (--n-adv) must be an integer >= 1, got {n_adv!r}")
     if cfg.limit is not None:
         n_adv = min(n_adv, cfg.limit)
-    plan = EvalPlan(suite, attack, attack_kind, eps, norm, n_adv)
+    plan = EvalPlan(suite, checkpoint, attack, attack_kind, eps, norm, n_adv)
     if suite is not None:
         plan.templates, plan.classnames = prompt_config(cfg, suite)
         selected_datasets(suite, cfg)

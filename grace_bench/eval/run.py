@@ -60,6 +60,7 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
 
     device = resolve_device(cfg.device)
     plan = plan_eval(cfg, clip)
+    cfg = replace(cfg, checkpoint=plan.checkpoint)  # None: the suite's default model
     rank, world = init_from_env(device)
     if clip is None:
         clip = load_checkpoint(cfg.checkpoint, base=cfg.base, trust_pickle=cfg.trust_pickle)

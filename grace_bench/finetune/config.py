@@ -19,6 +19,7 @@ from typing import Any
 
 from grace_bench.errors import UserError
 from grace_bench.models.lora import DEFAULT_TARGETS, TARGET_SUFFIXES, TOWER_PREFIXES
+from grace_bench.utils.parsing import parse_bool, parse_number
 
 PRECISIONS = ("fp32", "bf16")
 # Keys that may differ between a run and its resume without changing the trajectory.
@@ -165,8 +166,6 @@ def _number(key: str, value: Any, *, integer: bool = False, minimum: float | Non
             return None
         raise UserError(f"config key '{key}' needs a value")
     try:
-        from grace_bench.finetune.methods.base import parse_number
-
         if isinstance(value, bool):
             raise ValueError
         num = parse_number(value)
@@ -186,13 +185,10 @@ def _number(key: str, value: Any, *, integer: bool = False, minimum: float | Non
 
 
 def _bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.lower() in ("true", "1", "yes")
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise UserError(f"config key '{key}' must be true or false, got {value!r}")
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise UserError(f"config key '{key}' must be true or false, got {value!r}") from None
 
 
 def _str_list(key: str, value: Any) -> list[str]:
@@ -261,93 +257,8 @@ def validate_config(cfg: FinetuneConfig) -> FinetuneConfig:
     return cfg
 
 
-def resolve_config(cfg: FinetuneConfig, method_cls: type | None = None) -> FinetuneConfig:
-    """Validate, then fill every unset trainer setting: the suite's training defaults, else the method's paper
-    defaults, else FALLBACK. ``sources`` records where every value came from."""
-    cfg = validate_config(dataclasses.replace(cfg))
-    cfg.method_args, cfg.sources = dict(cfg.method_args), dict(cfg.sources)
-    if method_cls is None:
-        from grace_bench.finetune.methods import get_method
-
-        method_cls = get_method(cfg.method)
-    _mark_given(cfg)
-    suite = _suite_training_defaults(cfg.suite)
-    paper = getattr(method_cls, "trainer_defaults", {})
-    method_source = f"method '{method_cls.name}' default"
-
-    def fill(key: str, value: Any, source: str) -> None:
-        setattr(cfg, key, value)
-        cfg.sources[key] = source
-
-    if cfg.max_steps is None and cfg.epochs is None:  # the run length is one unit: steps or epochs, never mixed
-        length = suite.trainer if suite is not None else {}
-        if "max_steps" in length or "epochs" in length:
-            key = "max_steps" if "max_steps" in length else "epochs"
-            fill(key, length[key], suite.source)
-        elif "max_steps" in paper:
-            fill("max_steps", paper["max_steps"].value, f"{method_source} ({paper['max_steps'].source})")
-        elif "epochs" in paper:
-            fill("epochs", paper["epochs"].value, f"{method_source} ({paper['epochs'].source})")
-        else:
-            fill("epochs", FALLBACK["epochs"], FROM_FALLBACK)
-    for key in ("lora_rank", "weight_decay", "batch_size", "warmup_steps", "lr"):  # lr last: it depends on LoRA
-        if getattr(cfg, key) is not None:
-            continue
-        suite_value = _suite_value(suite, key, cfg, paper)
-        if suite_value is not None:
-            fill(key, suite_value, suite.lr_source if key == "lr" else suite.source)
-        elif key in paper:
-            fill(key, paper[key].value, f"{method_source} ({paper[key].source})")
-        elif key in FALLBACK:
-            fill(key, FALLBACK[key], FROM_FALLBACK)
-    method_defaults = getattr(method_cls, "defaults", {})
-    if suite is not None:
-        for key, value in suite.method_args.items():
-            if key in method_defaults and key not in cfg.method_args:
-                cfg.method_args[key] = value
-                cfg.sources[f"method_args.{key}"] = suite.source
-    method_cls.resolve_hparams(cfg.method_args)  # raises UserError naming a bad method_args key
-    for key, hyper in method_defaults.items():
-        cfg.sources.setdefault(f"method_args.{key}", f"{method_source} ({hyper.source})")
-    return validate_config(cfg)
-
-
-def _mark_given(cfg: FinetuneConfig) -> None:
-    """Record FROM_CALLER for values set on the config object without a recorded source; FROM_BUILTIN else."""
-    defaults = FinetuneConfig()
-    for key in FIELD_NAMES:
-        if key in ("sources", "method_args") or key in cfg.sources:
-            continue
-        value = getattr(cfg, key)
-        if key in METHOD_TUNABLE:
-            if value is not None:
-                cfg.sources[key] = FROM_CALLER
-        elif _jsonish(value) != _jsonish(getattr(defaults, key)):
-            cfg.sources[key] = FROM_CALLER
-        else:
-            cfg.sources[key] = FROM_BUILTIN
-    for key in cfg.method_args:
-        cfg.sources.setdefault(f"method_args.{key}", FROM_CALLER)
-
-
 def _jsonish(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
-
-
-def _suite_training_defaults(name: str):
-    from grace_bench.data.suites import get_suite
-
-    return get_suite(name).training_defaults()
-
-
-def _suite_value(suite, key: str, cfg: FinetuneConfig, paper: dict[str, Any]) -> Any:
-    """The suite's default for trainer ``key`` (the lr per method and LoRA setting), or None."""
-    if suite is None:
-        return None
-    if key != "lr":
-        return suite.trainer.get(key)
-    default_rank = paper["lora_rank"].value if "lora_rank" in paper else FALLBACK["lora_rank"]
-    return suite.lr_for(cfg.method, lora=int(cfg.lora_rank) > 0, lora_by_default=int(default_rank) > 0)
 
 
 def identity_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -28,10 +28,11 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from grace_bench.errors import NonFiniteLossError, UserError
 from grace_bench.finetune import checkpointing as ckpt
-from grace_bench.finetune.config import FinetuneConfig, identity_diff, resolve_config
+from grace_bench.finetune.config import FinetuneConfig, identity_diff
 from grace_bench.finetune.distributed import init_distributed
 from grace_bench.finetune.methods import get_method
 from grace_bench.finetune.methods.base import Method, TrainContext, tower_of
+from grace_bench.finetune.resolve import resolve_config
 from grace_bench.models.lora import LoRAConfig, apply_lora, load_lora_state_dict, lora_layers, lora_state_dict, merge
 from grace_bench.models.zero_shot import ZeroShotClassifier
 from grace_bench.utils.atomic import atomic_write_json, atomic_write_text

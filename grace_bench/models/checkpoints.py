@@ -29,7 +29,7 @@ from grace_bench.models.specs import (
     RunDirSpec,
     parse_spec,
 )
-from grace_bench.utils.transforms import pixel_preprocess
+from grace_bench.utils.parsing import TRUE_WORDS
 
 # The base model whose text tower a visual-only checkpoint borrows, when --base is not given.
 DEFAULT_BASES = {"micro-clip": "micro"}
@@ -122,7 +122,7 @@ def instantiate_clip_model(model_name: str, *, spec: str, pretrained: str | None
 
     import open_clip
 
-    from grace_bench.models.loading import no_random_init_warning
+    from grace_bench.models.loading import clip_from_open_clip, no_random_init_warning
 
     register_model_configs()
     quiet = no_random_init_warning() if pretrained is None else nullcontext()  # the caller loads the weights
@@ -133,26 +133,13 @@ def instantiate_clip_model(model_name: str, *, spec: str, pretrained: str | None
                                            force_preprocess_cfg=dict(preprocess_cfg or {}))
     except Exception as e:  # noqa: BLE001 - OpenCLIP raises RuntimeError/ValueError/FileNotFoundError
         raise UserError(f"could not build OpenCLIP model '{model_name}' ({_short(e)}); check the spec") from e
-    model.eval()
-    cfg = open_clip.get_model_preprocess_cfg(model)
-    size = cfg["size"]
-    image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    return ClipModel(
-        model=model,
-        tokenizer=open_clip.get_tokenizer(tokenizer_name or model_name),
-        preprocess=pixel_preprocess(image_size, cfg.get("interpolation", "bicubic")),
-        mean=tuple(float(v) for v in cfg["mean"]),
-        std=tuple(float(v) for v in cfg["std"]),
-        image_size=image_size,
-        arch=model_name,
-        spec=spec,
-    )
+    return clip_from_open_clip(model, arch=model_name, spec=spec, tokenizer_name=tokenizer_name)
 
 
 def hub_offline() -> bool:
     """True when Hugging Face Hub access is off (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``), read at call time."""
     value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    if value.strip().lower() in {"1", "true", "yes", "on"}:
+    if value.strip().lower() in TRUE_WORDS:
         return True
     from huggingface_hub import constants
 

@@ -52,17 +52,23 @@ def build_clip_model(
         model.load_state_dict(state_dict, strict=True)
     else:
         model = open_clip.create_model(arch, pretrained=pretrained)
+    return clip_from_open_clip(model, arch=arch, spec=spec or arch)
+
+
+def clip_from_open_clip(model: torch.nn.Module, *, arch: str, spec: str,
+                        tokenizer_name: str | None = None) -> ClipModel:
+    """Wrap an OpenCLIP model as a ``ClipModel`` in eval mode: its tokenizer, pixel preprocess and normalisation."""
     model.eval()
     cfg = open_clip.get_model_preprocess_cfg(model)
     size = cfg["size"]
     image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
     return ClipModel(
         model=model,
-        tokenizer=open_clip.get_tokenizer(arch),
+        tokenizer=open_clip.get_tokenizer(tokenizer_name or arch),
         preprocess=pixel_preprocess(image_size, cfg.get("interpolation", "bicubic")),
         mean=tuple(float(v) for v in cfg["mean"]),
         std=tuple(float(v) for v in cfg["std"]),
         image_size=image_size,
         arch=arch,
-        spec=spec or arch,
+        spec=spec,
     )

@@ -68,6 +68,8 @@ def entries(recipe: StudyRecipe, work: Path) -> list[Entry]:
 def finetune_config(recipe: StudyRecipe, spec: MethodSpec, seed: int, out: Path, *, lr: float | None = None,
                     progress: bool = True, device: str = "auto") -> FinetuneConfig:
     """The trainer config of ``spec`` with ``seed`` under the recipe's shared budget."""
+    from grace_bench.data.suites import get_suite
+
     method_args = dict(spec.method_args)
     if spec.adversarial:
         method_args.update(eps=recipe.train_eps, pgd_steps=recipe.train_pgd_steps,
@@ -78,6 +80,6 @@ def finetune_config(recipe: StudyRecipe, spec: MethodSpec, seed: int, out: Path,
         lr=lr if lr is not None else recipe.lr.get(spec.label, recipe.lr.get(spec.lr_from or "")), seed=seed,
         lora_rank=spec.lora_rank,
         save_every=recipe.save_every, eval_every=0, val_max_samples=256,
-        num_workers=0 if recipe.suite == "micro" else 4,
+        num_workers=get_suite(recipe.suite).loader_workers,
         progress=progress, device=device, method_args=method_args,
     )

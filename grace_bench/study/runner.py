@@ -153,15 +153,17 @@ def _wise(run: StudyRun) -> None:
 
 
 def _evaluate(run: StudyRun) -> None:
+    from grace_bench.data.suites import get_suite
     from grace_bench.eval.config import EvalConfig
     from grace_bench.eval.run import run_eval
 
     recipe = run.recipe
+    workers = get_suite(recipe.suite).loader_workers
     for entry in tqdm(run.entries(), desc="evaluate", unit="ckpt", disable=not run.progress):
         cfg = EvalConfig(checkpoint=entry.checkpoint, suite=recipe.suite, data_root=_path(recipe.data_root),
                          attack=recipe.attack, eps=recipe.eps, n_adv=recipe.n_adv, limit=recipe.eval_limit,
                          out=run.results_dir, device=run.device, label=entry.label, progress=False,
-                         workers=0 if recipe.suite == "micro" else 4)
+                         workers=workers)
         run_eval(cfg)
 
 

@@ -33,9 +33,9 @@ from grace_bench.errors import UserError
 from grace_bench.finetune.grace.curvature import CurriculumSettings, CurvatureCurriculum, measure_layer_curvature
 from grace_bench.finetune.grace.gram_volume import DEFAULT_GV_EPS, DEFAULT_GV_TINY, gram_volume_loss
 from grace_bench.finetune.grace.lar_awp import AWPSettings, LowRankAWP
-from grace_bench.finetune.methods import register_method
-from grace_bench.finetune.methods.base import Batch, Hyper, Method, TrainContext, parse_number, tower_of
+from grace_bench.finetune.methods.base import Batch, Hyper, Method, TrainContext, tower_of
 from grace_bench.utils.atomic import atomic_write_json
+from grace_bench.utils.parsing import parse_number
 
 RANKS_FILE = "lar_awp_ranks.json"
 ABLATIONS: tuple[str, ...] = ("lora-ft", "gv", "awp-uniform", "awp-curriculum", "full")
@@ -68,7 +68,6 @@ def ablation_switches(name: str) -> AblationSwitches:
     return table[name]
 
 
-@register_method
 class GraceMethod(Method):
     """GRACE: LoRA + LAR-AWP (curvature-curriculum ranks) + Gram-volume alignment."""
 

@@ -31,6 +31,7 @@ from torch import nn
 from grace_bench.errors import UserError
 from grace_bench.models.lora import LoRAParametrization, lora_layers
 from grace_bench.models.zero_shot import ZeroShotClassifier, build_zero_shot_head
+from grace_bench.utils.parsing import parse_bool, parse_number
 
 if TYPE_CHECKING:  # pragma: no cover
     from grace_bench.finetune.config import FinetuneConfig
@@ -270,16 +271,7 @@ def coerce_like(default: Any, value: Any, key: str) -> Any:
     """
     try:
         if isinstance(default, bool):
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            if isinstance(value, (bool, int)) and value in (0, 1):
-                return bool(value)
-            raise ValueError(value)
+            return parse_bool(value)
         if isinstance(default, int) and not isinstance(default, bool):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
@@ -299,12 +291,6 @@ def coerce_like(default: Any, value: Any, key: str) -> Any:
     else:
         return value
     raise UserError(f"{key}: cannot use {value!r}; expected a {type(default).__name__} like {default!r}")
-
-
-def parse_number(value: Any) -> float:
-    """A float from a number or a string such as ``"4/255"`` or ``"1e-5"``; ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(value)
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):

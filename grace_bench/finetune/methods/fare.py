@@ -10,13 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from grace_bench.finetune.methods import register_method
 from grace_bench.finetune.methods.base import Batch, Hyper, Method, TrainContext
 
 FARE = "Schlarmann et al., Robust CLIP: Unsupervised Adversarial Fine-Tuning of Vision Embeddings (FARE), ICML 2024"
 
 
-@register_method
 class FARE(Method):
     name = "fare"
     description = "squared-L2 distance of the adversarial embedding to the frozen clean embedding"

@@ -15,14 +15,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from grace_bench.finetune.methods import register_method
 from grace_bench.finetune.methods.base import Batch, Hyper, Method, TrainContext
 
 FLYP = "Goyal et al., Finetune like you pretrain: Improved finetuning of zero-shot vision models (FLYP), CVPR 2023"
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
-@register_method
 class FLYP(Method):
     name = "flyp"
     description = "contrastive image-caption loss over class-prompt captions; both towers train"

@@ -11,13 +11,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from grace_bench.finetune.methods import register_method
 from grace_bench.finetune.methods.base import Batch, Hyper, Method, TrainContext
 
 WISE_FT = "Wortsman et al., Robust fine-tuning of zero-shot models (WiSE-FT), CVPR 2022, ImageNet end-to-end FT"
 
 
-@register_method
 class FT(Method):
     name = "ft"
     description = "end-to-end cross-entropy with the zero-shot head as the (frozen) classifier"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from grace_bench.finetune.methods import register_method
 from grace_bench.finetune.methods.base import Batch, Hyper, Method, TrainContext
 from grace_bench.finetune.methods.tecoa import FARE_ADAMW
 
@@ -22,7 +21,6 @@ PMG_CODE = PMG + ", official code (loss = CE + KL_ori + KL_clean, i.e. unit weig
 PMG_PROTO = PMG + ", which follows TeCoA's training protocol (eps 1/255, 2 PGD steps of 1/255)"
 
 
-@register_method
 class PMGAFT(Method):
     name = "pmg-aft"
     description = "adversarial CE + KL to the frozen model's adversarial prediction + KL to the clean prediction"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from grace_bench.finetune.methods import register_method
 from grace_bench.finetune.methods.base import Batch, Hyper, Method, TrainContext
 
 TECOA = "Mao et al., Understanding Zero-Shot Adversarial Robustness for Large-Scale Models (TeCoA), ICLR 2023"
@@ -18,7 +17,6 @@ FARE_ADAMW = ("Schlarmann et al., Robust CLIP (FARE), ICML 2024, who retrain TeC
               "TeCoA's own SGD settings do not transfer to AdamW")
 
 
-@register_method
 class TeCoA(Method):
     name = "tecoa"
     description = "cross-entropy on PGD adversarial images vs the frozen single-template text head"
