@@ -1,4 +1,6 @@
-"""The geometry kinds: name -> (config class, run function). Each module in ``geometry.diagnostics`` registers one.
+"""The geometry kinds (a ``grace_bench.registry.Registry``): name -> config class and run function.
+
+Each module in ``geometry.diagnostics`` registers one; they are found by scanning that package.
 
 Adding a diagnostic is one new module there that defines its config (``config.GeometryConfig``
 subclass), a run function ``(GeometryInputs) -> (payload, arrays)`` and calls ``register``; the CLI
@@ -13,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from grace_bench.errors import UserError
 from grace_bench.geometry.config import GeometryConfig
+from grace_bench.registry import Registry
 
 RunFn = Callable[[Any], tuple[dict, dict]]
 
@@ -33,7 +35,7 @@ class GeometryKind:
     study: dict[str, dict[str, Any]] | None = None
 
 
-_KINDS: dict[str, GeometryKind] = {}
+_KINDS: Registry[GeometryKind] = Registry("geometry kind")
 _loaded = False
 
 
@@ -41,11 +43,9 @@ def register(name: str, config: type[GeometryConfig], run: RunFn, *, help: str,
              headline: Callable[[dict], str] | None = None, order: int = 100,
              study: dict[str, dict[str, Any]] | None = None) -> GeometryKind:
     """Add a geometry kind (called at import by each module of ``geometry.diagnostics``)."""
-    if name in _KINDS and _KINDS[name].run is not run:
+    if name in _KINDS and _KINDS.get(name).run is not run:
         raise ValueError(f"geometry kind '{name}' is registered twice")
-    kind = GeometryKind(name, config, run, help, headline, order, study)
-    _KINDS[name] = kind
-    return kind
+    return _KINDS.register(name, GeometryKind(name, config, run, help, headline, order, study))
 
 
 def _load() -> None:
@@ -62,7 +62,8 @@ def _load() -> None:
 def kinds() -> dict[str, GeometryKind]:
     """Every registered kind, in help order."""
     _load()
-    return dict(sorted(_KINDS.items(), key=lambda kv: (kv[1].order, kv[0])))
+    found = [_KINDS.get(name) for name in _KINDS.names()]
+    return {kind.name: kind for kind in sorted(found, key=lambda k: (k.order, k.name))}
 
 
 def study_geometry(profile: str) -> dict[str, dict[str, Any]]:
@@ -72,8 +73,6 @@ def study_geometry(profile: str) -> dict[str, dict[str, Any]]:
 
 
 def get_kind(name: str) -> GeometryKind:
-    """The kind called ``name``; ``UserError`` listing the kinds otherwise."""
-    found = kinds().get(name)
-    if found is None:
-        raise UserError(f"unknown geometry kind '{name}'; choose one of: {', '.join(kinds())}")
-    return found
+    """The kind called ``name``; a one-line ``UserError`` naming the nearest kind otherwise."""
+    _load()
+    return _KINDS.get(name)
