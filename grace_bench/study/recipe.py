@@ -176,10 +176,14 @@ def _apply_suite_budget(recipe: StudyRecipe, suite: str) -> None:
 def study_recipe(suite: str = "micro", *, quick: bool = False, methods: list[str] | None = None,
                  seeds: int | None = None, steps: int | None = None, base: str | None = None,
                  data_root: str | None = None, lr_file: Path | None = None) -> StudyRecipe:
-    """The default recipe of ``suite`` (micro: the shared CPU budget; others: each method's paper setting)."""
-    if suite == "micro":
-        recipe = StudyRecipe()
-        _apply_suite_budget(recipe, suite)  # the budget `grace-bench finetune --suite micro` uses too
+    """The default recipe of ``suite``: a suite with its own training budget (micro) gives the shared budget and
+    tuned lrs; any other suite each method's paper setting, on the suite's default model and attack."""
+    from grace_bench.data.suites import get_suite
+
+    suite_spec = get_suite(suite)
+    if suite_spec.training_defaults() is not None:
+        recipe = StudyRecipe(suite=suite, base=suite_spec.default_checkpoint or "micro")
+        _apply_suite_budget(recipe, suite)  # the budget `grace-bench finetune --suite SUITE` uses too
         recipe.lr = load_tuned_lr(lr_file or TUNED_LR_FILE)
         recipe.lr_source = str((lr_file or TUNED_LR_FILE).name) if recipe.lr else "method defaults"
         if quick:
@@ -194,9 +198,9 @@ def study_recipe(suite: str = "micro", *, quick: bool = False, methods: list[str
             recipe.geometry = _study_geometry("quick")
             recipe.quick = True
     else:
-        recipe = StudyRecipe(suite=suite, base=base or "ViT-B-32:openai", steps=None, batch_size=None,
-                             warmup_steps=None, save_every=500, lr_source="method defaults",
-                             attack="apgd-ce[restarts=1]",
+        recipe = StudyRecipe(suite=suite, base=base or suite_spec.default_checkpoint or "ViT-B-32:openai",
+                             steps=None, batch_size=None, warmup_steps=None, save_every=500,
+                             lr_source="method defaults", attack=suite_spec.attack,
                              n_adv=None, wise_curve=[0.1 * i for i in range(1, 10)],
                              geometry=_study_geometry("paper"))
     if base:
