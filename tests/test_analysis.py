@@ -15,7 +15,7 @@ import pytest
 from analysis import figures, table6_main, table7_lora, table8_ablations
 from analysis.tables import entry, parse_labels_map
 from grace_bench.errors import UserError
-from grace_bench.plots.cli import slug
+from grace_bench.plots.api import slug
 from tests.test_by_method import ROLES, eval_summary, fingerprint, random_seeds
 from tests.test_leaderboard import write_geometry, write_landscape_2d
 

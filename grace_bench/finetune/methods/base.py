@@ -303,8 +303,9 @@ def coerce_like(default: Any, value: Any, key: str) -> Any:
 
 def parse_number(value: Any) -> float:
     """A float from a number or a string such as ``"4/255"`` or ``"1e-5"``; ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(value)
+    from grace_bench.attacks.threat import parse_fraction
+
+    return parse_fraction(value)
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):
