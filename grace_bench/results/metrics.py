@@ -137,10 +137,13 @@ def get_metric(key: str) -> Metric:
         raise KeyError(f"unknown metric {key!r}; known: {', '.join(METRICS)}") from None
 
 
-def metrics(group: str | None = None, *, leaderboard: bool | None = None) -> list[Metric]:
-    """Registered metrics in order, optionally only one group (``aggregate``/``geometry``) or leaderboard ones."""
+def metrics(group: str | None = None, *, leaderboard: bool | None = None, errors: bool = True) -> list[Metric]:
+    """Registered metrics in order; only one ``group`` (``aggregate``/``geometry``), only those with the given
+    ``leaderboard`` flag, and without the metrics that are another's standard error unless ``errors``."""
+    error_keys = {m.error for m in METRICS.values() if m.error}
     return [m for m in METRICS.values()
-            if (group is None or m.group == group) and (leaderboard is None or m.leaderboard == leaderboard)]
+            if (group is None or m.group == group) and (leaderboard is None or m.leaderboard == leaderboard)
+            and (errors or m.key not in error_keys)]
 
 
 def titles() -> dict[str, str]:
