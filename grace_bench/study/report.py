@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 from grace_bench.errors import UserError
 from grace_bench.results.metrics import Metric, get_metric, metrics
 from grace_bench.results.records import SummaryRecord, geometry_by_fingerprint, load_geometry, load_summaries
+from grace_bench.results.writer import write_record
 from grace_bench.study.claims import PAPER_TABLE6, accuracy_claims, claims_markdown, geometry_claims
 from grace_bench.study.recipe import WISE, ZERO_SHOT
-from grace_bench.utils.atomic import atomic_write_json, atomic_write_text
+from grace_bench.utils.atomic import atomic_write_text
 from grace_bench.utils.runtime_info import runtime_info
 
 if TYPE_CHECKING:
@@ -222,6 +223,7 @@ def write_report(run: StudyRun) -> dict[str, Any]:
         "geometry": geo, "claims": [c.to_dict() for c in claims],
         "leaderboard": str(board.files[0]), "figures": [str(p) for p in figures],
         "runtime": runtime_info(),  # threads, CPU and GPU model: wall times and float details depend on them
+        # write_record adds "created" and "versions" (package versions and the same runtime)
     }
     md = [
         f"# {recipe.suite} study{' (quick)' if recipe.quick else ''}",
@@ -256,8 +258,7 @@ def write_report(run: StudyRun) -> dict[str, Any]:
            f"Wall time: {_timing_line(run)}.", ""]
     record["markdown"] = "\n".join(md)
     atomic_write_text(run.out / "study.md", record["markdown"])
-    atomic_write_json(run.out / "study.json", record)
-    return record
+    return write_record(run.out / "study.json", record, kind="study")
 
 
 def run_command(run: StudyRun) -> str:
