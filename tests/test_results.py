@@ -153,6 +153,47 @@ def test_a_registered_metric_reaches_leaderboard_study_and_analysis(new_diagnost
     assert new_diagnostic in geometry_metrics()
 
 
+@pytest.fixture
+def restore_metrics():
+    """Undo every registration a test makes (the table is process-wide)."""
+    saved = dict(METRICS)
+    yield
+    METRICS.clear()
+    METRICS.update(saved)
+
+
+def test_a_geometry_record_carries_its_new_columns_to_another_process(restore_metrics, tmp_path):
+    """The diagnostic's module registers its metric when it writes; a leaderboard that never imported that module
+    (here: the registration removed again) still shows the column, from the record's declaration."""
+    import shutil
+
+    from grace_bench.leaderboard.build import build_leaderboard
+
+    results = tmp_path / "results"
+    shutil.copytree(EVAL, results / "eval")
+    register_metric(Metric("toy_score", "toy score", "toy", ("toy.score",), "lower", "a toy diagnostic"))
+    written = write_record(results / f"geometry-toy-{FP12}.json",
+                          {"kind": "toy", "checkpoint": {"fingerprint": FP12}, "toy": {"score": 0.25}},
+                          kind="geometry")
+    assert [c["key"] for c in written["columns"]] == ["toy_score"]
+    assert "columns" not in write_record(tmp_path / "h.json", {"kind": "hessian"}, kind="geometry")  # built-ins
+    del METRICS["toy_score"]
+    board = build_leaderboard(results, tmp_path / "board")
+    assert get_metric("toy_score").title == "toy score"
+    assert board.data["rows"][0]["geometry"]["toy_score"] == 0.25 and "toy score" in board.markdown
+
+
+def test_a_malformed_declared_column_is_one_line(restore_metrics, tmp_path):
+    for bad, match in (({"key": "x", "title": "x", "source": "toy", "paths": "x"}, "malformed"),
+                       ({"key": "x", "title": "x", "source": "toy", "paths": ["x"], "fmt": "%%q"}, "malformed"),
+                       ({"key": "x", "title": "x", "source": "hessian", "paths": ["x"]}, "another kind")):
+        path = tmp_path / f"geometry-toy-{FP12}.json"
+        path.write_text(json.dumps({"kind": "toy", "columns": [bad]}))
+        with pytest.raises(UserError, match=match):
+            load_geometry(tmp_path)
+    assert "x" not in METRICS
+
+
 def test_the_key_tables_live_only_in_the_metrics_table():
     """The readers that held near-copies of the key table (titles and JSON paths) now hold neither."""
     titles = {m.title for m in metrics()} - {"trace", "ID", "Adv", "HM"}  # short words that occur in prose too

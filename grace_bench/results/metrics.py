@@ -8,12 +8,15 @@ own module (at import, torch-free), e.g.::
                            direction="lower", definition="what it measures"))
 
 ``source`` is ``"summary"`` for the eval aggregates, or the geometry kind whose record holds the value.
+A geometry record written by ``results.write_record`` carries the declarations of its kind's non-built-in
+metrics (``columns``), and ``load_geometry`` registers them, so the leaderboard of another process shows the
+column without importing the diagnostic's module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from grace_bench.results.values import as_float
@@ -73,6 +76,27 @@ class Metric:
         """``value`` as the tables show it (accuracies: percent with 2 decimals)."""
         return missing if value is None else format(value * self.scale, self.fmt)
 
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "paths": list(self.paths)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Metric:
+        """A metric from its ``to_json`` form; ValueError when a field is missing or malformed."""
+        known = {f.name for f in fields(cls)}
+        if not isinstance(data, Mapping) or not {"key", "title", "source", "paths"} <= set(data):
+            raise ValueError("a metric needs key, title, source and paths")
+        kwargs = {k: v for k, v in data.items() if k in known}
+        text = ("key", "title", "source", "direction", "definition", "unit", "fmt")
+        if not all(isinstance(kwargs[k], str) for k in text if k in kwargs):
+            raise ValueError(f"metric fields {', '.join(text)} must be strings")
+        paths = kwargs["paths"]
+        if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+            raise ValueError("metric paths must be a list of dotted JSON paths")
+        kwargs["paths"] = tuple(paths)
+        metric = cls(**kwargs)
+        format(1.0 * metric.scale, metric.fmt)  # ValueError/TypeError on a bad format or scale
+        return metric
+
     def better(self, a: float, b: float) -> bool:
         """True when ``a`` is strictly better than ``b`` under this metric's direction."""
         if self.direction == "none":
@@ -127,6 +151,29 @@ def register_metric(metric: Metric, *, replace: bool = False) -> Metric:
                          "pick another key or pass replace=True")
     METRICS[metric.key] = metric
     return metric
+
+
+def declared_for(kind: str) -> list[dict[str, Any]]:
+    """The declarations a geometry record of ``kind`` carries: its kind's metrics that are not built in."""
+    return [m.to_json() for m in METRICS.values() if m.source == kind and m.key not in BUILTIN_KEYS]
+
+
+def register_declared(entries: Any, where: str) -> None:
+    """Register the metrics a record declares (``columns``) whose keys are not known yet; never replaces one."""
+    from grace_bench.errors import UserError
+
+    if entries is None:
+        return
+    if not isinstance(entries, list):
+        raise UserError(f"{where}: 'columns' is not a list; re-run the grace-bench geometry command")
+    for entry in entries:
+        try:
+            metric = Metric.from_json(entry)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{where}: a declared column is malformed ({exc}); re-run the grace-bench geometry "
+                            "command") from None
+        if metric.key not in METRICS:
+            register_metric(metric)
 
 
 def get_metric(key: str) -> Metric:
@@ -188,3 +235,4 @@ def _builtin() -> None:
 
 
 _builtin()
+BUILTIN_KEYS = frozenset(METRICS)

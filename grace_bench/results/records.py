@@ -364,6 +364,14 @@ def geometry_from_file(path: str | Path) -> GeometryRecord:
         raise UserError(f"{path} names no geometry kind; pass a geometry-<kind>-<fp>.json file")
     if data.get("kind") not in (None, file_kind):
         raise UserError(f"{path} says kind {data.get('kind')!r} but is named {file_kind!r}; rename or re-run it")
+    declared = data.get("columns")
+    if declared is not None:
+        from grace_bench.results.metrics import register_declared
+
+        if isinstance(declared, list) and any(isinstance(e, Mapping) and e.get("source") != file_kind
+                                              for e in declared):
+            raise UserError(f"{path} declares a column of another kind than {file_kind!r}; re-run it")
+        register_declared(declared, str(path))
     return GeometryRecord.from_json(data, path, str(file_kind))
 
 

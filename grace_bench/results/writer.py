@@ -4,6 +4,7 @@
 
 ``kind`` picks the schema (``result``, ``summary``, ``geometry``, ``study``); fields the caller already set
 (``schema``, ``created``, ``versions``) are kept, so an eval result can carry the versions of the run that made it.
+A geometry record also gets ``columns``: the declarations of its kind's registered metrics that are not built in.
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ def stamp(record: Mapping[str, Any], *, kind: str) -> dict[str, Any]:
     out.update({k: v for k, v in record.items() if k not in ("schema", "created")})
     if not out.get("versions"):
         out["versions"] = package_versions()
+    if kind == "geometry" and "columns" not in out:
+        from grace_bench.results.metrics import declared_for
+
+        declared = declared_for(str(out.get("kind")))
+        if declared:  # so a leaderboard built elsewhere shows this diagnostic's columns
+            out["columns"] = declared
     return out
 
 
