@@ -181,6 +181,11 @@ def test_a_geometry_record_carries_its_new_columns_to_another_process(restore_me
     board = build_leaderboard(results, tmp_path / "board")
     assert get_metric("toy_score").title == "toy score"
     assert board.data["rows"][0]["geometry"]["toy_score"] == 0.25 and "toy score" in board.markdown
+    # ... and its figure: the generic per-metric bars of `plot metrics`
+    from grace_bench.cli import main
+
+    assert main(["plot", "metrics", str(results), "--out", str(tmp_path / "fig"), "--format", "png"]) == 0
+    assert (tmp_path / "fig" / "metric-toy_score.png").stat().st_size > 0
 
 
 def test_a_malformed_declared_column_is_one_line(restore_metrics, tmp_path):

@@ -20,6 +20,7 @@ _EXPORTS = {
     "plot_cka_methods": "cka",
     "plot_layer_curvature": "curvature",
     "plot_spectral_density": "hessian",
+    "plot_metric_bars": "metric_bars",
     "plot_landscape_1d": "landscape",
     "plot_landscape_2d": "landscape",
     "plot_landscape_3d": "landscape",

@@ -8,6 +8,7 @@ cka        geometry-features-*.json (+ .npz cka_layers)    cka-layers-<label>, c
 tradeoff   summary-*.json                                  tradeoff (+ tradeoff-radar with radar=True)
 wise       summary-*.json (those with a WiSE-FT alpha)     wise
 training   runs/NAME/log.jsonl (or run directories)        training
+metrics    geometry-*.json (any kind)                      metric-<key> for every geometry metric of the table
 
 ``records`` holds result files or directories (searched recursively), and/or records already loaded
 (``results.SummaryRecord`` / ``results.GeometryRecord``). A new figure family registers its drawer with
@@ -79,6 +80,15 @@ class DrawRequest:
         if not records:
             raise UserError(f"no geometry-{kind}-*.json among {self.describe()}; "
                             f"run `grace-bench geometry {kind} CKPT` first")
+        return records, labels_by_fingerprint(self.summaries(required=False))
+
+    def all_geometry(self) -> tuple[list[GeometryRecord], dict[str, str]]:
+        """Geometry records of every kind (given plus found), and the summaries' labels by fingerprint."""
+        records = [r for r in self.records if isinstance(r, GeometryRecord)]
+        if self.paths:
+            records += load_geometry(self.paths)
+        if not records:
+            raise UserError(f"no geometry-*.json among {self.describe()}; run `grace-bench geometry KIND CKPT` first")
         return records, labels_by_fingerprint(self.summaries(required=False))
 
 
@@ -442,6 +452,35 @@ def _training(req: DrawRequest, out: Path) -> list[Path]:
     return req.written(stem)
 
 
+# --- any geometry metric ---------------------------------------------------------------------------------
+
+
+def _metrics(req: DrawRequest, out: Path) -> list[Path]:
+    """One bar chart per geometry metric of the table that some record holds (a new diagnostic's figure)."""
+    from grace_bench.plots.metric_bars import plot_metric_bars
+    from grace_bench.results.metrics import metrics
+
+    records, labels = req.all_geometry()
+    written: list[Path] = []
+    for metric in metrics("geometry", errors=False):
+        mine = [r for r in records if r.kind == metric.source]
+        named = list(zip(mine, _unique_labels(mine, labels)))
+        values = {name: v for r, name in named if (v := metric.read(r)) is not None}
+        if not values:
+            continue
+        error = get_metric(metric.error) if metric.error else None
+        errors = {name: error.read(r) for r, name in named if name in values} if error else None
+        stem = out / f"metric-{slug(metric.key)}"
+        plot_metric_bars(values, metric_title=metric.heading, errors=errors, direction=metric.direction,
+                         protocol=[r.config for r, name in named if name in values], title=metric.definition or None,
+                         out=stem, formats=req.formats)
+        written += req.written(stem)
+    if not written:
+        raise UserError("the geometry results hold none of the metrics of the table; re-run grace-bench geometry")
+    return written
+
+
 for _kind, _drawer in (("landscape", _landscape), ("spectrum", _spectrum), ("curvature", _curvature), ("cka", _cka),
-                       ("tradeoff", _tradeoff), ("wise", _wise), ("training", _training)):
+                       ("tradeoff", _tradeoff), ("wise", _wise), ("training", _training),
+                       ("metrics", _metrics)):
     register_kind(_kind, _drawer)

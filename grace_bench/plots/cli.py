@@ -8,6 +8,7 @@ cka        geometry-features-*.json (+ .npz cka_layers)    cka-layers-<label>, c
 tradeoff   summary-*.json                                  tradeoff (+ tradeoff-radar with --radar)
 wise       summary-*.json (those with a WiSE-FT alpha)     wise
 training   runs/NAME/log.jsonl (or run directories)        training
+metrics    geometry-*.json (any kind)                      metric-<key> for every geometry metric of the table
 """
 
 from __future__ import annotations
