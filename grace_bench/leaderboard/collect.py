@@ -1,4 +1,4 @@
-"""Readers of grace-bench result files, kept under their old names: they live in ``grace_bench.results``.
+"""Old import path of the result readers, kept for callers outside the package: use ``grace_bench.results``.
 
 ``geometry_value`` reads one leaderboard geometry column through the metrics table (``results.metrics``).
 """
