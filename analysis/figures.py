@@ -1,5 +1,6 @@
 """Rebuild every figure family that the result files allow, through ``grace_bench.plots.draw``:
-landscape, spectrum, curvature, cka, tradeoff, wise and training. A kind without inputs is skipped with a note.
+landscape, spectrum, curvature, cka, tradeoff, wise, training and metrics. A kind without inputs is skipped with
+a note.
 
     python analysis/figures.py RESULTS_DIR... --out DIR [--format png] [--only KIND]
 """
@@ -27,6 +28,8 @@ GEOMETRY_INPUT = {"landscape": "landscape", "spectrum": "hessian", "curvature": 
 
 def missing_inputs(kind: str, results: Sequence[str]) -> str | None:
     """Why ``kind`` has nothing to draw from ``results`` (a one-line note), or None when it has inputs."""
+    if kind == "metrics":
+        return None if load_geometry(results) else "no geometry-*.json (run grace-bench geometry KIND CKPT)"
     if kind in GEOMETRY_INPUT:
         geo = GEOMETRY_INPUT[kind]
         if not load_geometry(results, geo):

@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from grace_bench.results.values import as_float
+from grace_bench.errors import UserError
+from grace_bench.results.values import as_float, lookup
 
 DIRECTIONS = ("higher", "lower", "none")
 SUMMARY = "summary"
@@ -128,8 +129,6 @@ GEOMETRY_CONTAINERS = ("", "metrics.", "report.", "result.")
 
 
 def _find(data: Any, path: str, group: str) -> Any:
-    from grace_bench.results.values import lookup
-
     data = getattr(data, "data", data)
     prefixes = GEOMETRY_CONTAINERS if group == "geometry" else ("",)
     for prefix in prefixes:
@@ -160,8 +159,6 @@ def declared_for(kind: str) -> list[dict[str, Any]]:
 
 def register_declared(entries: Any, where: str) -> None:
     """Register the metrics a record declares (``columns``) whose keys are not known yet; never replaces one."""
-    from grace_bench.errors import UserError
-
     if entries is None:
         return
     if not isinstance(entries, list):

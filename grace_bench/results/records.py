@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from grace_bench.errors import UserError
-from grace_bench.results.metrics import GEOMETRY_CONTAINERS
+from grace_bench.results.metrics import GEOMETRY_CONTAINERS, get_metric, register_declared
 from grace_bench.results.values import as_float, lookup
 from grace_bench.utils.npz import NPZ_READ_ERRORS
 
@@ -190,8 +190,6 @@ class SummaryRecord(_Record):
 
     def metric(self, key: str) -> float | None:
         """The value of the registered metric ``key`` (see ``results.metrics``) in this summary."""
-        from grace_bench.results.metrics import get_metric
-
         return get_metric(key).read(self)
 
     def find(self, path: str) -> Any:
@@ -243,8 +241,6 @@ class GeometryRecord(_Record):
 
     def metric(self, key: str) -> float | None:
         """The value of the registered metric ``key`` when it is one of this record's kind."""
-        from grace_bench.results.metrics import get_metric
-
         m = get_metric(key)
         return m.read(self) if m.source == self.kind else None
 
@@ -366,8 +362,6 @@ def geometry_from_file(path: str | Path) -> GeometryRecord:
         raise UserError(f"{path} says kind {data.get('kind')!r} but is named {file_kind!r}; rename or re-run it")
     declared = data.get("columns")
     if declared is not None:
-        from grace_bench.results.metrics import register_declared
-
         if isinstance(declared, list) and any(isinstance(e, Mapping) and e.get("source") != file_kind
                                               for e in declared):
             raise UserError(f"{path} declares a column of another kind than {file_kind!r}; re-run it")

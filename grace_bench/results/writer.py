@@ -14,10 +14,14 @@ import platform
 import sys
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from grace_bench.results.metrics import declared_for
 from grace_bench.results.records import GEOMETRY_SCHEMA, RESULT_SCHEMA, SUMMARY_SCHEMA
+from grace_bench.utils.atomic import atomic_write_json
+from grace_bench.utils.runtime_info import runtime_info
 
 SCHEMAS = {
     "result": RESULT_SCHEMA,
@@ -29,10 +33,6 @@ SCHEMAS = {
 
 def package_versions() -> dict[str, Any]:
     """Versions of the packages that can change a number, and the machine (``runtime``: threads, CPU, GPU)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from grace_bench.utils.runtime_info import runtime_info
-
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for pkg in ("grace-bench", "torch", "torchvision", "open_clip_torch", "pyautoattack", "numpy", "scikit-learn"):
         try:
@@ -54,8 +54,6 @@ def stamp(record: Mapping[str, Any], *, kind: str) -> dict[str, Any]:
     if not out.get("versions"):
         out["versions"] = package_versions()
     if kind == "geometry" and "columns" not in out:
-        from grace_bench.results.metrics import declared_for
-
         declared = declared_for(str(out.get("kind")))
         if declared:  # so a leaderboard built elsewhere shows this diagnostic's columns
             out["columns"] = declared
@@ -64,8 +62,6 @@ def stamp(record: Mapping[str, Any], *, kind: str) -> dict[str, Any]:
 
 def write_record(path: str | os.PathLike, record: Mapping[str, Any], *, kind: str) -> dict[str, Any]:
     """Stamp ``record`` (see ``stamp``) and write it to ``path`` atomically; returns what was written."""
-    from grace_bench.utils.atomic import atomic_write_json
-
     stamped = stamp(record, kind=kind)
     atomic_write_json(Path(path), stamped)
     return stamped
