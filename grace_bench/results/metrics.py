@@ -212,11 +212,11 @@ def _builtin() -> None:
         register_metric(Metric(key, title, kind, paths, direction, definition, **kw))
 
     geo("lambda_max", "λ_max", "hessian", ("lambda_max", "top_eigenvalues.eigenvalues", "top_eigenvalues"), "lower",
-        "largest Hessian eigenvalue of the loss", reduce="max")
+        "largest Hessian eigenvalue of the loss", unit="nats/w²", reduce="max")
     geo("trace", "trace", "hessian", ("trace.trace", "trace"), "lower",
-        "Hessian trace (± standard error when given)", error="trace_se")
+        "Hessian trace (± standard error when given)", unit="nats/w²", error="trace_se")
     geo("trace_se", "trace s.e.", "hessian", ("trace.trace_se", "trace_se", "trace_std"), "none",
-        "standard error of the Hessian trace estimate", leaderboard=False)
+        "standard error of the Hessian trace estimate", unit="nats/w²", leaderboard=False)
     geo("weight_drift", "weight drift", "weights", ("overall.relative", "relative_drift", "weight_drift"), "none",
         "relative weight drift ‖θ−θ0‖/‖θ0‖ (whole state dict)", fmt=".3f")
     geo("cka_to_ref", "CKA to θ0", "features", ("cka_to_ref", "cka.linear", "cka"), "higher",
@@ -226,9 +226,10 @@ def _builtin() -> None:
     geo("centroid_id_adv", "centroid cos ID→Adv", "features", ("centroid_cosine.id_to_adv.mean",), "higher",
         "mean cosine of class centroids, ID vs its PGD images", leaderboard=False)
     geo("delta_lid_ood", "ΔLID OOD", "features", ("lid.delta_ood_mean",), "none",
-        "local intrinsic dimension of OOD minus ID embeddings (mean over OOD datasets)", leaderboard=False)
+        "local intrinsic dimension of OOD minus ID embeddings (mean over OOD datasets)", unit="dims",
+        leaderboard=False)
     geo("delta_lid_adv", "ΔLID Adv", "features", ("lid.delta_adv",), "none",
-        "local intrinsic dimension of PGD minus clean ID embeddings", leaderboard=False)
+        "local intrinsic dimension of PGD minus clean ID embeddings", unit="dims", leaderboard=False)
 
 
 _builtin()
