@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from grace_bench.study.runner import StudyRun
 
 
-
 def aggregate_metrics() -> list[Metric]:
     """The study's accuracy columns: every aggregate of the metrics table."""
     return metrics("aggregate")
