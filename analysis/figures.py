@@ -1,5 +1,6 @@
-"""Rebuild every figure family that the result files allow, through the plotting code of ``grace-bench plot``:
-landscape, spectrum, curvature, cka, tradeoff, wise and training. A kind without inputs is skipped with a note.
+"""Rebuild every figure family that the result files allow, through ``grace_bench.plots.draw``:
+landscape, spectrum, curvature, cka, tradeoff, wise, training and metrics. A kind without inputs is skipped with
+a note.
 
     python analysis/figures.py RESULTS_DIR... --out DIR [--format png] [--only KIND]
 """
@@ -15,8 +16,11 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grace_bench.errors import UserError  # noqa: E402
-from grace_bench.leaderboard.collect import find_files, load_geometry, load_summaries  # noqa: E402
-from grace_bench.plots.cli import KINDS, run_plot, summary_alpha  # noqa: E402
+from grace_bench.plots.api import draw, summary_alpha  # noqa: E402
+from grace_bench.plots.api import kinds as plot_kinds  # noqa: E402
+from grace_bench.results.records import find_files, load_geometry, load_summaries  # noqa: E402
+
+KINDS = plot_kinds()
 
 # figure kind -> the geometry kind it reads (the others read summaries or training logs)
 GEOMETRY_INPUT = {"landscape": "landscape", "spectrum": "hessian", "curvature": "hessian", "cka": "features"}
@@ -24,6 +28,8 @@ GEOMETRY_INPUT = {"landscape": "landscape", "spectrum": "hessian", "curvature": 
 
 def missing_inputs(kind: str, results: Sequence[str]) -> str | None:
     """Why ``kind`` has nothing to draw from ``results`` (a one-line note), or None when it has inputs."""
+    if kind == "metrics":
+        return None if load_geometry(results) else "no geometry-*.json (run grace-bench geometry KIND CKPT)"
     if kind in GEOMETRY_INPUT:
         geo = GEOMETRY_INPUT[kind]
         if not load_geometry(results, geo):
@@ -50,11 +56,9 @@ def draw_all(results: Sequence[str], out: str | Path, *, kinds: Sequence[str] = 
     for kind in kinds:
         why = missing_inputs(kind, results)
         if why is None:
-            args = argparse.Namespace(kind=kind, results=list(results), out=str(out),
-                                      formats=list(formats) if formats else None, surface=surface, radar=radar,
-                                      vmax=vmax)
             try:
-                run_plot(args)
+                for path in draw(kind, list(results), out, formats=formats, surface=surface, radar=radar, vmax=vmax):
+                    print(path)
                 drawn.append(kind)
                 continue
             except UserError as exc:  # inputs exist but lack what this figure needs (e.g. no density arrays)

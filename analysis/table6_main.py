@@ -17,6 +17,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.tables import TableSpec, build_parser, entry, run_table  # noqa: E402
+from grace_bench.results.values import harmonic_mean  # noqa: E402
+from grace_bench.study.claims import PAPER_TABLE6 as PAPER_TABLE6_BY_COLUMN  # noqa: E402
 
 SPEC = TableSpec(
     name="table6_main",
@@ -25,18 +27,12 @@ SPEC = TableSpec(
     notes=("wise-ft is the α=0.5 interpolation; other α are labelled `wise-ft α=<a>` and not shown here.",),
 )
 
-# The paper's Table 6 (ViT-B/32, ImageNet; percent). Source: the GRACE paper's headline table as copied in
-# /work/shared/docs/GRACE.md, section "Paper's headline numbers (Table 6: ViT-B/32, ImageNet)". There,
+# The paper's Table 6 (ViT-B/32, ImageNet; percent), written once in grace_bench.study.claims (and checked against
+# docs/grace.md "The paper's headline numbers"); here as label -> (ID, OOD avg, Adv, HM) rows. There,
 # Adv = mean(APGD-CE robust accuracy at 4/255, natural-adversarial average). FLYP and FARE are not in it.
-PAPER_SOURCE = "GRACE paper, Table 6 (ViT-B/32, ImageNet), as listed in docs/GRACE.md \"Paper's headline numbers\""
+PAPER_SOURCE = "GRACE paper, Table 6 (ViT-B/32, ImageNet), as listed in docs/grace.md \"The paper's headline numbers\""
 PAPER_TABLE6: dict[str, tuple[float, float, float, float]] = {
-    # label: (ID, OOD avg, Adv, HM)
-    "zero-shot": (63.35, 57.44, 8.82, 20.46),
-    "ft": (74.86, 56.59, 8.95, 21.01),
-    "wise-ft": (70.20, 58.05, 9.04, 21.11),
-    "tecoa": (52.54, 37.96, 17.48, 29.24),
-    "pmg-aft": (58.20, 43.40, 19.57, 32.85),
-    "grace": (74.21, 57.01, 22.44, 39.69),
+    label: (row["id"], row["ood_avg"], row["adv"], row["hm"]) for label, row in PAPER_TABLE6_BY_COLUMN.items()
 }
 PAPER_COLUMNS = ("ID", "OOD avg", "Adv", "HM")
 HM_TOLERANCE = 0.05  # percentage points: the paper rounds each column to 2 decimals
@@ -48,8 +44,8 @@ def check_paper_hm(table: Mapping[str, tuple[float, float, float, float]] = PAPE
     printed HM by more than ``tol`` (a mistyped number). Returns label -> recomputed HM."""
     out = {}
     for label, (idv, ood, adv, hm) in table.items():
-        recomputed = 3.0 / (1.0 / idv + 1.0 / ood + 1.0 / adv)
-        if abs(recomputed - hm) > tol:
+        recomputed = harmonic_mean([idv, ood, adv])
+        if recomputed is None or abs(recomputed - hm) > tol:
             raise ValueError(f"paper row {label}: HM {hm} but its columns give {recomputed:.3f} "
                              f"(tolerance {tol}); fix PAPER_TABLE6")
         out[label] = recomputed

@@ -25,12 +25,17 @@ from grace_bench.leaderboard.by_method import (
     relabel,
     shared_protocol,
 )
-from grace_bench.leaderboard.collect import GEOMETRY_FIELDS, SummaryRecord
+from grace_bench.results.metrics import metrics
+from grace_bench.results.records import SummaryRecord
 from grace_bench.utils.atomic import atomic_write_json, atomic_write_text
 
 EXIT_USER_ERROR = 2
 MAIN_COLUMNS = ("id", "ood_avg", "adv", "hm", "autoattack", "nat_adv")
-GEOMETRY_COLUMNS = tuple(k for k in GEOMETRY_FIELDS if k != "trace_se")
+
+
+def geometry_columns() -> tuple[str, ...]:
+    """Geometry columns a table shows when some row has them: the leaderboard's, from the metrics table."""
+    return tuple(m.key for m in metrics("geometry", leaderboard=True))
 
 
 @dataclass
@@ -120,7 +125,7 @@ def make_table(
     columns = list(spec.columns)
     if hm_of_means and HM_OF_MEANS not in columns:
         columns.insert(columns.index("hm") + 1 if "hm" in columns else len(columns), HM_OF_MEANS)
-    columns += [g for g in GEOMETRY_COLUMNS if any(r.geometry.get(g) for r in rows)]
+    columns += [g for g in geometry_columns() if any(r.geometry.get(g) for r in rows)]
     if per_dataset:
         columns += dataset_columns(rows)
     protocol = shared_protocol(rows)

@@ -15,7 +15,7 @@ import pytest
 from analysis import figures, table6_main, table7_lora, table8_ablations
 from analysis.tables import entry, parse_labels_map
 from grace_bench.errors import UserError
-from grace_bench.plots.cli import slug
+from grace_bench.plots.api import slug
 from tests.test_by_method import ROLES, eval_summary, fingerprint, random_seeds
 from tests.test_leaderboard import write_geometry, write_landscape_2d
 
@@ -190,15 +190,18 @@ def test_figures_draw_what_exists_and_skip_the_rest(study, tmp_path, capsys):
     printed = capsys.readouterr().out
     fps = [fingerprint(f"grace-s{s}")[:7] for s in (0, 1)]
     cka = [f"cka-layers-{slug(f'grace ({fp})')}.png" for fp in fps]
-    assert sorted(p.name for p in out.iterdir()) == sorted(
+    names = sorted(p.name for p in out.iterdir())
+    assert [n for n in names if not n.startswith("metric-")] == sorted(
         ["landscape-1d.png", "landscape-2d.png", "spectrum.png", "curvature.png", *cka, "cka-methods.png",
          "tradeoff.png", "tradeoff-radar.png"])
+    assert {"metric-lambda_max.png", "metric-trace.png", "metric-cka_to_ref.png"} <= set(names)  # `plot metrics`
     for stem in ("landscape-1d", "landscape-2d", "spectrum", "curvature", "cka-methods", "tradeoff",
                  "tradeoff-radar"):
         assert (out / f"{stem}.png").stat().st_size > 1000
     assert "note: skipped wise: fewer than two summaries record a WiSE-FT alpha" in printed
     assert "note: skipped training: no runs/NAME/log.jsonl" in printed
-    assert printed.strip().splitlines()[-1].startswith("drew landscape, spectrum, curvature, cka, tradeoff into")
+    last = printed.strip().splitlines()[-1]
+    assert last.startswith("drew landscape, spectrum, curvature, cka, tradeoff, metrics into")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UserError, match="no figure could be drawn"):

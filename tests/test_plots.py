@@ -31,7 +31,8 @@ from grace_bench.plots import (
 )
 from grace_bench.plots.cli import add_plot_parser, run_plot
 from grace_bench.plots.style import method_styles, protocol_text
-from grace_bench.plots.tradeoff import harmonic_mean, hm_isoline
+from grace_bench.plots.tradeoff import hm_isoline
+from grace_bench.results.values import harmonic_mean
 from tests.test_leaderboard import (
     LAYERS,
     METHODS,
@@ -157,7 +158,7 @@ def test_layer_curvature_bars(tmp_path):
 
 def test_curvature_figure_keeps_network_order(tmp_path, capsys):
     """The tool writes JSON with sorted keys; the figure must follow the recorded ``layer_names`` instead."""
-    from grace_bench.plots.cli import _layer_curvature, network_order
+    from grace_bench.plots.api import _layer_curvature, network_order
     from grace_bench.utils.atomic import atomic_write_json
 
     layers = ["visual.conv1"] + [f"visual.transformer.resblocks.{i}" for i in range(12)] + ["visual.ln_post"]
@@ -218,9 +219,9 @@ def test_hm_isolines_are_exact():
             # any (ID, OOD) pair with harmonic mean n lies on the line: take ID = OOD = n and a skewed pair
             i = 0.97
             o = 1 / (2 / n - 1 / i) if 2 / n - 1 / i > 0 else None
-            assert harmonic_mean(n, n, a) == pytest.approx(level)
+            assert harmonic_mean([n, n, a]) == pytest.approx(level)
             if o is not None and 0 < o <= 1:
-                assert harmonic_mean(i, o, a) == pytest.approx(level)
+                assert harmonic_mean([i, o, a]) == pytest.approx(level)
 
 
 def test_tradeoff_and_radar(tmp_path):
@@ -241,9 +242,9 @@ def test_tradeoff_and_radar(tmp_path):
         h = float(text.split()[1].rstrip("%")) / 100
         xs, ys = line.get_data()
         for n, a in zip(xs[::50] / 100, ys[::50] / 100):
-            assert harmonic_mean(n, n, a) == pytest.approx(h, rel=1e-6)
+            assert harmonic_mean([n, n, a]) == pytest.approx(h, rel=1e-6)
     assert "ε=4/255" in title(fig) and "AA-standard" in title(fig)
-    full = {k: {"id": v["id"], "ood_avg": v["ood"], "adv": v["adv"], "hm": harmonic_mean(*v.values())}
+    full = {k: {"id": v["id"], "ood_avg": v["ood"], "adv": v["adv"], "hm": harmonic_mean(v.values())}
             for k, v in pts.items()}
     fig = plot_radar(full, protocol=PROTO, out=tmp_path / "radar", formats=PNG)
     assert_png(tmp_path / "radar.png")
@@ -456,7 +457,7 @@ def test_cli_corrupt_result_files_are_one_line_errors(results, tmp_path, capsys,
 def test_readers_accept_flat_and_library_layouts(results):
     """ft is written in grace_bench.geometry's nested layout, grace in the flat one: same data comes out."""
     from grace_bench.leaderboard.collect import load_geometry
-    from grace_bench.plots.cli import _landscape_axes, _landscape_loss, _layer_curvature
+    from grace_bench.plots.api import _landscape_axes, _landscape_loss, _layer_curvature
 
     hess = {r.label(): r for r in load_geometry(results, "hessian")}
     assert _layer_curvature(hess["runs/ft"]) == {n: 2.0 * (1 + i) for i, n in enumerate(LAYERS)}
@@ -473,7 +474,7 @@ def test_subtitles_name_the_recorded_attack_and_no_threat_model_without_one(tmp_
     """A clean-only (attack none) summary reads "no attack" with no ℓ∞/ε; an old bare custom:apgd-ce result
     is named from the settings it recorded (5 restarts), not from today's meaning of the name."""
     from grace_bench.leaderboard.collect import load_summaries
-    from grace_bench.plots.cli import _protocol_with_attack
+    from grace_bench.plots.api import _protocol_with_attack
     from tests.test_leaderboard import METHODS, PROTOCOL, summary_dict
 
     clean_only = summary_dict("zs", METHODS["ft"], protocol={**PROTOCOL, "attack": "none"})

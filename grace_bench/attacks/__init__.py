@@ -30,6 +30,8 @@ _EXPORTS = {
     "format_eps": "threat",
     "parse_attack_spec": "threat",
     "parse_eps": "threat",
+    "parse_fraction": "threat",
+    "describe_eps": "threat",
     "parse_norm": "threat",
 }
 

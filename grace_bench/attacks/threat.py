@@ -23,9 +23,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
 
 from grace_bench.errors import UserError
 from grace_bench.registry import Registry
+from grace_bench.utils.parsing import parse_number
 
 NORMS = ("Linf", "L2")
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
@@ -78,41 +81,54 @@ _SHOWN_KEY = {"iterations": "iters"}
 _NUMBER = re.compile(r"^\s*[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?\s*$")
 
 
+def parse_fraction(value: str | float | int) -> float:
+    """A float from a number or a fraction string such as ``"4/255"``; ValueError otherwise
+    (``grace_bench.utils.parsing.parse_number``, kept under this name for the attack code)."""
+    return parse_number(value)
+
+
 def parse_eps(value: str | float | int) -> float:
     """``"4/255"``, ``"0.0157"``, ``"0"`` or a number -> a finite float >= 0."""
-    if isinstance(value, bool):
-        raise UserError(f"invalid eps {value!r}; write a number or a fraction such as 4/255")
-    if isinstance(value, (int, float)):
-        eps = float(value)
-    else:
-        text = str(value).strip()
-        try:
-            if "/" in text:
-                num, den = text.split("/", 1)
-                if not (_NUMBER.match(num) and _NUMBER.match(den)):
-                    raise ValueError(text)
-                denominator = float(den)
-                if denominator == 0:
-                    raise ValueError(text)
-                eps = float(num) / denominator
-            elif _NUMBER.match(text):
-                eps = float(text)
-            else:
-                raise ValueError(text)
-        except ValueError:
-            raise UserError(f"invalid eps {value!r}; write a number or a fraction such as 4/255") from None
+    bad = UserError(f"invalid eps {value!r}; write a number or a fraction such as 4/255")
+    if isinstance(value, str) and not all(_NUMBER.match(part) for part in value.strip().split("/", 1)):
+        raise bad
+    try:
+        eps = parse_fraction(value)
+    except ValueError:
+        raise bad from None
     if not math.isfinite(eps) or eps < 0:
         raise UserError(f"invalid eps {value!r}; it must be a finite number >= 0, e.g. 4/255")
     return eps
 
 
 def format_eps(eps: float | str) -> str:
-    """Canonical fraction string: ``4/255`` when eps is a multiple of 1/255 (to 1e-9), else ``repr``."""
+    """Canonical fraction string: ``4/255`` when eps is a multiple of 1/255 (to 1e-9), else ``repr``.
+
+    Attack configs (and so result hashes) record this form; ``describe_eps`` is the display form for tables.
+    """
     value = parse_eps(eps)
     k = value * 255
     if abs(k - round(k)) < 1e-9 * max(1.0, abs(k)):
         return "0" if round(k) == 0 else f"{round(k)}/255"
     return repr(value)
+
+
+def describe_eps(eps: Any) -> str | None:
+    """ε as tables show it: ``4/255`` for multiples of 1/255, a small exact fraction (``1/4``) or ``%g`` otherwise;
+    ``None`` stays ``None`` and a value that is not an ε is shown as recorded (readers never fail on it)."""
+    if eps is None:
+        return None
+    try:
+        value = parse_eps(eps)
+    except UserError:
+        return str(eps).strip()
+    canonical = format_eps(value)
+    if "/" in canonical or canonical == "0":
+        return canonical
+    frac = Fraction(value).limit_denominator(1000)
+    if frac.denominator > 1 and abs(float(frac) - value) < 1e-12:
+        return f"{frac.numerator}/{frac.denominator}"
+    return f"{value:g}"
 
 
 def parse_norm(norm: str) -> str:

@@ -7,6 +7,10 @@ from statistics import mean
 
 import torch
 
+from grace_bench.results.values import harmonic_mean
+
+__all__ = ["AGGREGATE_DEFINITIONS", "aggregates", "harmonic_mean", "topk_correct"]
+
 AGGREGATE_DEFINITIONS = {
     "id": "top-1 accuracy on the suite's ID dataset",
     "ood_avg": "mean top-1 over the OOD datasets (ImageNet: V2, Sketch, R)",
@@ -29,15 +33,6 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]
     return out
 
 
-def harmonic_mean(values: list[float]) -> float | None:
-    """Harmonic mean; 0 if any value is 0; None if the list is empty."""
-    if not values:
-        return None
-    if any(v <= 0 for v in values):
-        return 0.0
-    return len(values) / sum(1.0 / v for v in values)
-
-
 def aggregates(per_dataset: Mapping[str, Mapping], adversarial: Mapping[str, Mapping], id_name: str) -> dict:
     """ID, OOD avg, Nat-adv, AutoAttack, Adv and HM from per-dataset clean results and ID robust accuracy.
 
@@ -54,5 +49,5 @@ def aggregates(per_dataset: Mapping[str, Mapping], adversarial: Mapping[str, Map
     aa = adversarial.get(id_name, {}).get("robust_acc")
     adv_parts = [v for v in (aa, nat_adv) if v is not None]
     adv = mean(adv_parts) if len(adv_parts) == 2 else None
-    hm = harmonic_mean([idv, ood_avg, adv]) if None not in (idv, ood_avg, adv) else None
+    hm = harmonic_mean([idv, ood_avg, adv])
     return {"id": idv, "ood_avg": ood_avg, "nat_adv": nat_adv, "autoattack": aa, "adv": adv, "hm": hm}

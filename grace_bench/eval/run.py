@@ -35,7 +35,7 @@ from grace_bench.eval.plan import (  # noqa: F401 - read_text_list/default_suite
 from grace_bench.eval.store import ResultStore, package_versions
 from grace_bench.eval.summary import PROTOCOL_VERSION, build_summary, read_existing
 from grace_bench.models.clip_model import ClipModel
-from grace_bench.utils.atomic import atomic_write_json
+from grace_bench.results.writer import write_record
 from grace_bench.utils.hashing import config_hash, text_list_hash
 
 
@@ -104,7 +104,7 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
                                            "n_adv": plan.n_adv, "precision": cfg.precision, "limit": cfg.limit,
                                            "seed": cfg.seed})
         if rank == 0:
-            atomic_write_json(summary_path, summary)
+            summary = write_record(summary_path, summary, kind="summary")
     return summary
 
 

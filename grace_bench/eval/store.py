@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 import json
-import platform
 import shutil
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from grace_bench.eval.lock import ResultLock
-from grace_bench.utils.atomic import atomic_write_json
+from grace_bench.results.records import RESULT_SCHEMA, SUMMARY_SCHEMA
+from grace_bench.results.writer import package_versions, write_record
 
-RESULT_SCHEMA = "grace-bench/result/v1"
-SUMMARY_SCHEMA = "grace-bench/summary/v1"
-
-
-def package_versions() -> dict[str, Any]:
-    """Versions of the packages that can change a number, and the machine (``runtime``: threads, CPU, GPU)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from grace_bench.utils.runtime_info import runtime_info
-
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in ("grace-bench", "torch", "torchvision", "open_clip_torch", "pyautoattack", "numpy", "scikit-learn"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    out["runtime"] = runtime_info()
-    return out
+__all__ = ["RESULT_SCHEMA", "SUMMARY_SCHEMA", "ResultStore", "package_versions"]
 
 
 class ResultStore:
@@ -91,5 +72,4 @@ class ResultStore:
         return data if isinstance(data, dict) and data.get("schema") == RESULT_SCHEMA else None
 
     def write(self, path: Path, record: dict[str, Any]) -> None:
-        record = {"schema": RESULT_SCHEMA, "created": datetime.now(timezone.utc).isoformat(), **record}
-        atomic_write_json(path, record)
+        write_record(path, record, kind="result")

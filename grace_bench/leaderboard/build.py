@@ -16,39 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from grace_bench.attacks.naming import describe_attack, summaries_robust_title
+from grace_bench.attacks.threat import describe_eps as format_eps
 from grace_bench.errors import UserError
-from grace_bench.leaderboard.collect import (
+from grace_bench.leaderboard.robustbench import write_exports
+from grace_bench.results.metrics import Metric, get_metric, metrics
+from grace_bench.results.records import (
     GeometryRecord,
     SummaryRecord,
-    as_float,
-    format_eps,
-    geometry_value,
+    geometry_by_fingerprint,
     load_geometry,
     load_summaries,
 )
+from grace_bench.results.values import as_float
 from grace_bench.utils.atomic import atomic_write_json, atomic_write_text
 from grace_bench.utils.paths import check_writable_dir, ensure_writable_dir
 
 SCHEMA = "grace-bench/leaderboard/v1"
 MISSING = "—"
 ROLE_ORDER = {"id": 0, "ood": 1, "nat-adv": 2}
-
-# (key, title, fallback definition) of the aggregate columns, used when a summary records no definitions.
-AGGREGATES = (
-    ("id", "ID", "top-1 accuracy on the ID dataset"),
-    ("ood_avg", "OOD avg", "mean top-1 over the OOD datasets"),
-    ("nat_adv", "Nat-adv", "mean top-1 over the natural-adversarial datasets"),
-    ("autoattack", "AutoAttack", "robust accuracy on the ID adversarial subset"),
-    ("adv", "Adv", "mean(AutoAttack, Nat-adv)"),
-    ("hm", "HM", "3 / (1/ID + 1/OOD avg + 1/Adv)"),
-)
-GEOMETRY = (
-    ("lambda_max", "λ_max", "hessian", "largest Hessian eigenvalue of the loss"),
-    ("trace", "trace", "hessian", "Hessian trace (± standard error when given)"),
-    ("weight_drift", "weight drift", "weights", "relative weight drift ‖θ−θ0‖/‖θ0‖ (whole state dict)"),
-    ("cka_to_ref", "CKA to θ0", "features", "CKA between this checkpoint's and the reference's features"),
-)
-
 
 @dataclass
 class Column:
@@ -67,11 +52,12 @@ class Row:
 
     def value(self, col: Column) -> float | None:
         if col.group == "dataset":
-            entry = self.summary.per_dataset.get(col.key)
-            return as_float(entry.get("top1")) if isinstance(entry, Mapping) else as_float(entry)
-        if col.group == "aggregate":
-            return as_float(self.summary.aggregates.get(col.key))
-        return geometry_value(self.geometry, col.key)
+            return self.summary.top1(col.key)
+        return self.metric(get_metric(col.key))
+
+    def metric(self, metric: Metric) -> float | None:
+        """The value of ``metric`` for this row: from its summary or its geometry records."""
+        return metric.read(self.summary) if metric.group == "aggregate" else metric.read_kinds(self.geometry)
 
 
 @dataclass
@@ -186,14 +172,16 @@ def _aggregate_columns(summaries: Sequence[SummaryRecord], dataset_cols: Sequenc
         "nat_adv": ", ".join(by_role.get("nat-adv", [])) or "none",
         "autoattack": _attack_text(summaries),
     }
-    titles = {"autoattack": summaries_robust_title([s.data for s in summaries], "AutoAttack")}
     cols = []
-    for key, title, fallback in AGGREGATES:
+    for metric in metrics("aggregate"):
+        key, title, fallback = metric.key, metric.title, metric.definition
+        if key == "autoattack":  # named after the attack the summaries recorded
+            title = summaries_robust_title([s.data for s in summaries], title)
         recorded = _distinct([(s.data.get("protocol") or {}).get("definitions", {}).get(key) for s in summaries])
         definition = " | ".join(map(str, recorded)) if recorded else fallback
         if key in used:
             definition += f"; here: {used[key]}"
-        cols.append(Column(key, titles.get(key, title), "aggregate", definition))
+        cols.append(Column(key, title, "aggregate", definition))
     return cols
 
 
@@ -214,12 +202,12 @@ def _geometry_protocol(records: Sequence[GeometryRecord]) -> str:
 
 def _geometry_columns(rows: Sequence[Row]) -> list[Column]:
     cols = []
-    for key, title, kind, definition in GEOMETRY:
-        present = [r for r in rows if geometry_value(r.geometry, key) is not None]
+    for metric in metrics("geometry", leaderboard=True):
+        present = [r for r in rows if r.metric(metric) is not None]
         if not present:
             continue
-        proto = _geometry_protocol([r.geometry[kind] for r in present])
-        cols.append(Column(key, title, "geometry", definition + (f"; {proto}" if proto else "")))
+        proto = _geometry_protocol([r.geometry[metric.source] for r in present])
+        cols.append(Column(metric.key, metric.title, "geometry", metric.definition + (f"; {proto}" if proto else "")))
     return cols
 
 
@@ -231,14 +219,11 @@ def _sort_key(row: Row) -> tuple:
 def _fmt(col: Column, value: float | None, row: Row) -> str:
     if value is None:
         return MISSING
-    if col.group in ("dataset", "aggregate"):
+    if col.group == "dataset":
         return f"{100 * value:.2f}"
-    if col.key == "trace":
-        std = geometry_value(row.geometry, "trace_se")
-        return f"{value:.4g}" + (f" ± {std:.2g}" if std is not None else "")
-    if col.key == "lambda_max":
-        return f"{value:.4g}"
-    return f"{value:.3f}"
+    metric = get_metric(col.key)
+    error = row.metric(get_metric(metric.error)) if metric.error else None
+    return metric.format(value) + (f" ± {error:.2g}" if error is not None else "")
 
 
 def _protocol_value(value: Any) -> str:
@@ -289,9 +274,7 @@ def _json(name: str, columns: Sequence[Column], rows: Sequence[Row], protocol: M
             "summary_file": str(s.path),
             "per_dataset": {c.key: row.value(c) for c in columns if c.group == "dataset"},
             "aggregates": {c.key: row.value(c) for c in columns if c.group == "aggregate"},
-            "geometry": {**{c.key: row.value(c) for c in columns if c.group == "geometry"},
-                         **({"trace_se": geometry_value(row.geometry, "trace_se")}
-                            if any(c.key == "trace" for c in columns) else {})},
+            "geometry": _geometry_json(row, columns),
             "geometry_files": {k: str(g.path) for k, g in row.geometry.items()},
         })
     return {
@@ -303,6 +286,18 @@ def _json(name: str, columns: Sequence[Column], rows: Sequence[Row], protocol: M
         "columns": [{"key": c.key, "title": c.title, "group": c.group, "protocol": c.protocol} for c in columns],
         "rows": out_rows,
     }
+
+
+def _geometry_json(row: Row, columns: Sequence[Column]) -> dict[str, float | None]:
+    """The row's geometry columns, each followed by its standard error when the metric has one."""
+    out: dict[str, float | None] = {}
+    for c in columns:
+        if c.group == "geometry":
+            out[c.key] = row.value(c)
+            metric = get_metric(c.key)
+            if metric.error:
+                out[metric.error] = row.metric(get_metric(metric.error))
+    return out
 
 
 def _dedupe(summaries: list[SummaryRecord]) -> list[SummaryRecord]:
@@ -329,15 +324,11 @@ def build_leaderboard(
     ``clip_benchmark/<model>/<dataset>.json``. ``card_meta`` overrides RobustBench card fields per label
     (key ``"*"`` for all rows).
     """
-    from grace_bench.leaderboard.robustbench import write_exports
-
     out_dir = check_writable_dir(out_dir)  # a file or read-only --out fails before any input is read
     name = name or out_dir.name
     summaries = _dedupe(load_summaries(results))
     protocol = _check_protocols(summaries, allow_mixed)
-    geometry: dict[str, dict[str, GeometryRecord]] = {}
-    for rec in load_geometry(results):
-        geometry.setdefault(rec.fp12, {})[rec.kind] = rec
+    geometry = geometry_by_fingerprint(load_geometry(results))
     rows = [Row(s, geometry.get(s.fp12, {}), s.label) for s in summaries]
     labels = [r.label for r in rows]
     for r in rows:

@@ -17,27 +17,18 @@ from typing import Any
 import numpy as np
 
 from grace_bench.attacks.naming import describe_attack, summaries_robust_title
+from grace_bench.attacks.threat import describe_eps as format_eps
 from grace_bench.errors import UserError
-from grace_bench.leaderboard.build import AGGREGATES, GEOMETRY, MISSING, ROLE_ORDER
-from grace_bench.leaderboard.collect import (
-    GEOMETRY_FIELDS,
-    GeometryRecord,
-    SummaryRecord,
-    as_float,
-    format_eps,
-    geometry_value,
-    load_geometry,
-    load_summaries,
-)
+from grace_bench.leaderboard.build import MISSING, ROLE_ORDER
+from grace_bench.results.metrics import METRICS, metrics
+from grace_bench.results.records import GeometryRecord, SummaryRecord, load_geometry, load_summaries
+from grace_bench.results.values import harmonic_mean
 
 SCHEMA = "grace-bench/method-table/v1"
 # protocol fields that must agree before checkpoints are pooled into one row (or rows compared in one table)
 POOL_KEYS = ("suite", "attack", "eps", "norm", "n_adv", "limit", "templates_hash", "classnames_hash", "version")
-AGGREGATE_KEYS = tuple(k for k, _, _ in AGGREGATES)
 HM_OF_MEANS = "hm_of_means"
 DATASET_PREFIX = "top1:"
-TITLES = {**{k: t for k, t, _ in AGGREGATES}, "autoattack": "Robust", HM_OF_MEANS: "HM(means)",
-          **{k: t for k, t, _, _ in GEOMETRY}}
 HM_NOTE = ("HM is the mean over checkpoints of each checkpoint's 3 / (1/ID + 1/OOD avg + 1/Adv), not the HM of "
            "the mean columns; the HM recomputed from the mean ID, OOD avg and Adv is HM(means) (JSON: hm_of_means).")
 
@@ -121,13 +112,6 @@ class MethodRow:
         }
 
 
-def harmonic_mean(values: Sequence[float]) -> float:
-    """``len / sum(1/v)``; 0 when any value is 0 or below (as the eval harness defines HM)."""
-    if any(v <= 0 for v in values):
-        return 0.0
-    return len(values) / sum(1.0 / v for v in values)
-
-
 def pool_protocol(summary: SummaryRecord) -> dict[str, Any]:
     """The protocol fields in ``POOL_KEYS`` of one summary (ε normalised to ``k/255`` form)."""
     proto = summary.protocol
@@ -198,20 +182,16 @@ def _geometry_by_fp(records: Iterable[GeometryRecord]) -> dict[str, dict[str, Ge
     return out
 
 
-def _dataset_top1(entry: Any) -> float | None:
-    return as_float(entry.get("top1")) if isinstance(entry, Mapping) else as_float(entry)
-
-
 def _build_row(label: str, summaries: list[SummaryRecord], geometry: Mapping[str, Mapping[str, GeometryRecord]]
                ) -> MethodRow:
     aggregates: dict[str, Stat] = {}
-    for key in AGGREGATE_KEYS:
-        aggregates[key] = Stat([v for v in (as_float(s.aggregates.get(key)) for s in summaries) if v is not None])
+    for metric in metrics("aggregate"):
+        aggregates[metric.key] = Stat([v for v in (metric.read(s) for s in summaries) if v is not None])
     per_dataset: dict[str, Stat] = {}
     roles: dict[str, str] = {}
     for s in summaries:
         for ds, entry in s.per_dataset.items():
-            value = _dataset_top1(entry)
+            value = s.top1(ds)
             stat = per_dataset.setdefault(ds, Stat([]))
             if value is not None:
                 stat.values.append(value)
@@ -222,10 +202,10 @@ def _build_row(label: str, summaries: list[SummaryRecord], geometry: Mapping[str
     for s in summaries:
         recs = geometry.get(s.fp12, {})
         files += [str(r.path) for r in recs.values()]
-        for column in GEOMETRY_FIELDS:
-            value = geometry_value(recs, column)
+        for metric in metrics("geometry"):
+            value = metric.read_kinds(recs)
             if value is not None:
-                geo.setdefault(column, Stat([])).values.append(value)
+                geo.setdefault(metric.key, Stat([])).values.append(value)
     return MethodRow(label, summaries, aggregates, per_dataset, geo, roles, files)
 
 
@@ -321,13 +301,17 @@ def column_title(key: str, rows: Sequence[MethodRow] = ()) -> str:
     """Header text of a column key; the robust column names the attack the ``rows`` recorded."""
     if key.startswith(DATASET_PREFIX):
         return key[len(DATASET_PREFIX):]
+    if key == HM_OF_MEANS:
+        return "HM(means)"
+    title = METRICS[key].title if key in METRICS else key
     if key == "autoattack" and rows:
-        return summaries_robust_title([s.data for r in rows for s in r.summaries], TITLES[key])
-    return TITLES.get(key, key)
+        return summaries_robust_title([s.data for r in rows for s in r.summaries], title)
+    return title
 
 
 def is_accuracy(key: str) -> bool:
-    return key.startswith(DATASET_PREFIX) or key in AGGREGATE_KEYS or key == HM_OF_MEANS
+    return (key.startswith(DATASET_PREFIX) or key == HM_OF_MEANS
+            or (key in METRICS and METRICS[key].group == "aggregate"))
 
 
 def format_cell(row: MethodRow, key: str) -> str:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from grace_bench.errors import UserError
-from grace_bench.leaderboard.collect import read_json
+from grace_bench.results.records import read_json
 
 
 def add_leaderboard_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from grace_bench.attacks.threat import describe_eps as format_eps
 from grace_bench.errors import UserError
-from grace_bench.leaderboard.collect import SummaryRecord, as_float, format_eps
+from grace_bench.results.records import SummaryRecord
+from grace_bench.results.values import as_float
 from grace_bench.utils.atomic import atomic_write_json
 from grace_bench.utils.paths import path_inside, slug
 
-if TYPE_CHECKING:
-    from grace_bench.leaderboard.build import Row
+
+class LeaderboardRow(Protocol):
+    """What the exports read of a leaderboard row (``leaderboard.build.Row``)."""
+
+    summary: SummaryRecord
+    label: str
 
 MODEL_INFO_FIELDS = (
     "link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue", "architecture",
@@ -139,7 +145,7 @@ def clip_benchmark_records(summary: SummaryRecord, language: str = "en") -> list
     return records
 
 
-def write_exports(rows: Sequence[Row], out_dir: Path,
+def write_exports(rows: Sequence[LeaderboardRow], out_dir: Path,
                   card_meta: Mapping[str, Mapping[str, Any]] | None = None) -> list[Path]:
     """Write ``robustbench/<dataset>/<threat>/<model>.json`` and ``clip_benchmark/<model>/<dataset>.json``.
 

@@ -1,5 +1,6 @@
-"""Figure functions: each takes plain data (dicts / arrays), returns a matplotlib Figure and, given ``out``,
-writes ``out.png`` and ``out.pdf`` atomically. ``grace-bench plot`` (``plots.cli``) reads result files into them.
+"""Figures. ``draw(kind, records, out) -> list[Path]`` reads result records into one family of figures
+(``plots.api``; ``grace-bench plot`` only parses and calls it). The figure functions below take plain data
+(dicts / arrays), return a matplotlib Figure and, given ``out``, write ``out.png`` and ``out.pdf`` atomically.
 
 Names are imported lazily, so importing ``grace_bench.plots.cli`` (done by every ``grace-bench`` start) does not
 load matplotlib or seaborn.
@@ -11,11 +12,15 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "draw": "api",
+    "kinds": "api",
+    "register_kind": "api",
     "plot_cka_layers": "cka",
     "plot_cka_matrix": "cka",
     "plot_cka_methods": "cka",
     "plot_layer_curvature": "curvature",
     "plot_spectral_density": "hessian",
+    "plot_metric_bars": "metric_bars",
     "plot_landscape_1d": "landscape",
     "plot_landscape_2d": "landscape",
     "plot_landscape_3d": "landscape",

@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from grace_bench.attacks.naming import describe_attack, is_no_attack
+from grace_bench.attacks.threat import describe_eps
 from grace_bench.errors import UserError
-from grace_bench.leaderboard.collect import format_eps
 from grace_bench.utils.atomic import atomic_path
 
 # Known methods keep the same colour (index into seaborn's "colorblind" palette) and marker in every figure.
@@ -158,7 +158,7 @@ def _render_value(key: str, value: Any) -> str:
     if key == "attack_label":  # a recorded label reads as is; an attack spec is spelled out (APGD-CE 1×100)
         return describe_attack(str(value), short=True)
     if key in ("eps", "epsilon"):
-        return format_eps(value) or str(value)
+        return describe_eps(value) or str(value)
     if key == "norm":
         return _NORMS.get(str(value).lower(), str(value))
     if isinstance(value, (list, tuple)):

@@ -17,13 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from grace_bench.errors import UserError
 from grace_bench.plots.style import FORMATS, figure_style, method_styles, new_figure, save_figure, set_title
-
-
-def harmonic_mean(*values: float) -> float:
-    """Harmonic mean of fractions; 0 when any value is 0."""
-    if any(v <= 0 for v in values):
-        return 0.0
-    return len(values) / sum(1.0 / v for v in values)
+from grace_bench.results.values import harmonic_mean
 
 
 def hm_isoline(hm: float, n_grid: np.ndarray) -> np.ndarray:
@@ -65,8 +59,8 @@ def plot_tradeoff(
     ids = np.array([v[0] for v in data.values()])
     oods = np.array([v[1] for v in data.values()])
     advs = np.array([v[2] for v in data.values()])
-    ns = np.array([harmonic_mean(i, o) for i, o in zip(ids, oods)])
-    hms = np.array([harmonic_mean(i, o, a) for i, o, a in zip(ids, oods, advs)])
+    ns = np.array([harmonic_mean([i, o]) for i, o in zip(ids, oods)])
+    hms = np.array([harmonic_mean([i, o, a]) for i, o, a in zip(ids, oods, advs)])
     with figure_style():
         fig, axes = new_figure(1, 2, size=(11.5, 4.9))
         ax_c, ax_h = axes.ravel()

@@ -5,35 +5,32 @@ leaderboard and every figure, written into ``OUT`` (``study.md``, ``study.json``
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grace_bench.errors import UserError
-from grace_bench.leaderboard.collect import SummaryRecord, as_float, load_geometry, load_summaries, lookup
+from grace_bench.results.metrics import Metric, get_metric, metrics
+from grace_bench.results.records import SummaryRecord, geometry_by_fingerprint, load_geometry, load_summaries
+from grace_bench.results.writer import write_record
 from grace_bench.study.claims import PAPER_TABLE6, accuracy_claims, claims_markdown, geometry_claims
 from grace_bench.study.recipe import WISE, ZERO_SHOT
-from grace_bench.utils.atomic import atomic_write_json, atomic_write_text
+from grace_bench.utils.atomic import atomic_write_text
 from grace_bench.utils.runtime_info import runtime_info
 
 if TYPE_CHECKING:
     from grace_bench.study.runner import StudyRun
 
-AGGREGATES = (("id", "ID"), ("ood_avg", "OOD avg"), ("nat_adv", "Nat-adv"), ("autoattack", "robust"),
-              ("adv", "Adv"), ("hm", "HM"))
-# study geometry column -> (kind, dotted path in the geometry JSON, title)
-GEOMETRY = {
-    "lambda_max": ("hessian", "top_eigenvalues.eigenvalues", "λ_max"),
-    "trace": ("hessian", "trace.trace", "trace"),
-    "weight_drift": ("weights", "overall.relative", "weight drift"),
-    "cka_to_ref": ("features", "cka_to_ref", "CKA to θ0"),
-    "centroid_id_ood": ("features", "centroid_cosine.id_to_ood_mean", "centroid cos ID→OOD"),
-    "centroid_id_adv": ("features", "centroid_cosine.id_to_adv.mean", "centroid cos ID→Adv"),
-    "delta_lid_ood": ("features", "lid.delta_ood_mean", "ΔLID OOD"),
-    "delta_lid_adv": ("features", "lid.delta_adv", "ΔLID Adv"),
-}
+
+def aggregate_metrics() -> list[Metric]:
+    """The study's accuracy columns: every aggregate of the metrics table."""
+    return metrics("aggregate")
+
+
+def geometry_metrics() -> list[Metric]:
+    """The study's geometry columns: every geometry metric of the table (standard errors aside)."""
+    return metrics("geometry", errors=False)
+
+
 FIGURE_KINDS = ("spectrum", "curvature", "cka", "landscape")
 
 
@@ -53,9 +50,8 @@ def entry_records(run: StudyRun) -> tuple[list[dict[str, Any]], list[SummaryReco
         records.append({
             "label": e.label, "group": e.spec.group, "seed": e.seed, "alpha": e.alpha, "checkpoint": e.checkpoint,
             "fingerprint": s.fp12, "summary": str(s.path),
-            "aggregates": {k: as_float(s.aggregates.get(k)) for k, _ in AGGREGATES},
-            "per_dataset": {name: as_float(d.get("top1") if isinstance(d, dict) else d)
-                            for name, d in s.per_dataset.items()},
+            "aggregates": {m.key: m.read(s) for m in aggregate_metrics()},
+            "per_dataset": {name: s.top1(name) for name in s.per_dataset},
             "protocol": {k: s.protocol.get(k) for k in ("attack", "eps", "norm", "n_adv", "templates", "limit")},
         })
     return records, summaries
@@ -70,7 +66,7 @@ def method_stats(records: list[dict[str, Any]], summaries: list[SummaryRecord]) 
     stats: dict[str, dict[str, Any]] = {}
     for row in method_table(summaries, order=labels):
         mine = [r for r in records if r["label"] == row.label]
-        columns = {k: row.aggregates.get(k) for k, _ in AGGREGATES}
+        columns = {m.key: row.aggregates.get(m.key) for m in aggregate_metrics()}
         columns.update({f"top1/{name}": stat for name, stat in row.per_dataset.items()})
         stats[row.label] = {
             "group": mine[0]["group"], "n": row.n, "seeds": [r["seed"] for r in mine],
@@ -91,20 +87,14 @@ def geometry_values(run: StudyRun, records: list[dict[str, Any]]) -> dict[str, d
     """Per label (first seed): the geometry columns read from this study's geometry files."""
     if not run.geometry_dir.is_dir():
         return {}
-    by_fp: dict[str, dict[str, Any]] = {}
-    for rec in load_geometry([run.geometry_dir]):
-        by_fp.setdefault(rec.fp12, {})[rec.kind] = rec.data
+    by_fp = geometry_by_fingerprint(load_geometry([run.geometry_dir]))
     out: dict[str, dict[str, float | None]] = {}
     first = run.recipe.seeds[0]
     for r in records:
         if r["seed"] != first or r["fingerprint"] not in by_fp or r["label"] in out:
             continue
         kinds = by_fp[r["fingerprint"]]
-        row = {}
-        for col, (kind, path, _title) in GEOMETRY.items():
-            value = lookup(kinds.get(kind), path) if kind in kinds else None
-            row[col] = max(value) if isinstance(value, list) and value else as_float(value)
-        out[r["label"]] = row
+        out[r["label"]] = {m.key: m.read_kinds(kinds) for m in geometry_metrics()}
     return out
 
 
@@ -117,31 +107,33 @@ def _cell(row: dict[str, Any], key: str) -> str:
 
 def markdown_table(stats: dict[str, dict[str, Any]], groups: tuple[str, ...], datasets: list[str]) -> str:
     """Markdown: one row per label of ``groups``, accuracies in % as mean ± std over seeds, sorted by HM."""
-    head = ["method", "seeds", *[d for d in datasets], *[t for _, t in AGGREGATES]]
+    aggs = aggregate_metrics()
+    head = ["method", "seeds", *[d for d in datasets], *[m.title for m in aggs]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = [(label, row) for label, row in stats.items()
             if row["group"] in groups and not label.startswith(f"{WISE} α")]
     rows.sort(key=lambda lr: -(lr[1]["mean"].get("hm") or -1))
     for label, row in rows:
         cells = [f"**{label}**" if label == "grace" else label, str(row["n"]),
-                 *[_cell(row, f"top1/{d}") for d in datasets], *[_cell(row, k) for k, _ in AGGREGATES]]
+                 *[_cell(row, f"top1/{d}") for d in datasets], *[_cell(row, m.key) for m in aggs]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def geometry_table(geo: dict[str, dict[str, float | None]]) -> str:
     """Markdown: the geometry columns per label (first seed)."""
-    head = ["method", *[t for _, _, t in GEOMETRY.values()]]
+    cols = geometry_metrics()
+    head = ["method", *[m.title for m in cols]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, row in geo.items():
-        cells = [label] + ["—" if row[c] is None else f"{row[c]:.4g}" for c in GEOMETRY]
+        cells = [label] + ["—" if row.get(m.key) is None else f"{row[m.key]:.4g}" for m in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def paper_table(stats: dict[str, dict[str, Any]]) -> str:
     """Markdown: the paper's ImageNet Table 6 beside our micro means."""
-    keys = (("id", "ID"), ("ood_avg", "OOD avg"), ("adv", "Adv"), ("hm", "HM"))
+    keys = [(k, get_metric(k).title) for k in ("id", "ood_avg", "adv", "hm")]
     head = ["method"] + [f"{t} paper" for _, t in keys] + [f"{t} micro" for _, t in keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, paper in PAPER_TABLE6.items():
@@ -154,7 +146,7 @@ def paper_table(stats: dict[str, dict[str, Any]]) -> str:
 
 def draw_figures(run: StudyRun, stats: dict[str, dict[str, Any]], records: list[dict[str, Any]]) -> list[Path]:
     """Every figure of the study as PNG under ``OUT/figures``; returns the files written."""
-    from grace_bench.plots.cli import run_plot
+    from grace_bench.plots.api import draw
     from grace_bench.plots.tradeoff import plot_tradeoff
     from grace_bench.plots.training import plot_training_curves, read_log_jsonl
     from grace_bench.plots.wise_curve import plot_wise_curve
@@ -193,14 +185,10 @@ def draw_figures(run: StudyRun, stats: dict[str, dict[str, Any]], records: list[
         written.append(fig_dir / "training.png")
     if run.geometry_dir.is_dir():
         for kind in FIGURE_KINDS:
-            args = argparse.Namespace(kind=kind, results=[str(run.geometry_dir)], out=str(fig_dir), formats=["png"],
-                                      surface=False, radar=False, vmax=None)
-            with contextlib.redirect_stdout(io.StringIO()) as text:
-                try:
-                    run_plot(args)
-                except UserError as exc:
-                    run.log(f"  note: no {kind} figure ({exc})")
-            written += [Path(line) for line in text.getvalue().splitlines() if line.endswith(".png")]
+            try:
+                written += draw(kind, [run.geometry_dir], fig_dir, formats=("png",), log=run.log)
+            except UserError as exc:
+                run.log(f"  note: no {kind} figure ({exc})")
     return written
 
 
@@ -234,6 +222,7 @@ def write_report(run: StudyRun) -> dict[str, Any]:
         "geometry": geo, "claims": [c.to_dict() for c in claims],
         "leaderboard": str(board.files[0]), "figures": [str(p) for p in figures],
         "runtime": runtime_info(),  # threads, CPU and GPU model: wall times and float details depend on them
+        # write_record adds "created" and "versions" (package versions and the same runtime)
     }
     md = [
         f"# {recipe.suite} study{' (quick)' if recipe.quick else ''}",
@@ -268,8 +257,7 @@ def write_report(run: StudyRun) -> dict[str, Any]:
            f"Wall time: {_timing_line(run)}.", ""]
     record["markdown"] = "\n".join(md)
     atomic_write_text(run.out / "study.md", record["markdown"])
-    atomic_write_json(run.out / "study.json", record)
-    return record
+    return write_record(run.out / "study.json", record, kind="study")
 
 
 def run_command(run: StudyRun) -> str:

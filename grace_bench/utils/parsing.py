@@ -24,9 +24,25 @@ def parse_bool(value: Any) -> bool:
 
 
 def parse_number(value: Any) -> float:
-    """A float from a number or a string such as ``"4/255"`` or ``"1e-5"``; ValueError otherwise."""
+    """A float from a number or a string such as ``"4/255"``, ``"0.0157"`` or ``"1e-5"``; ValueError otherwise.
+
+    The one parser of fraction strings (ε, PGD step sizes, hyperparameters); ``attacks.threat.parse_eps`` adds
+    ε's own checks.
+    """
     if isinstance(value, bool):
         raise ValueError(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(value)
+    text = value.strip()
+    if "/" in text:
+        num, _, den = text.partition("/")
+        denominator = float(den)
+        if denominator == 0:
+            raise ValueError(value)
+        return float(num) / denominator
+    return float(text)
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):

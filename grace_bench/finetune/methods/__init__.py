@@ -54,6 +54,8 @@ def defaults_markdown() -> str:
 
 
 def _show(value: object) -> str:
-    if isinstance(value, float) and 0 < value < 1 and abs(value * 255 - round(value * 255)) < 1e-9:
-        return f"{round(value * 255)}/255"
+    from grace_bench.attacks.threat import format_eps
+
+    if isinstance(value, float) and 0 < value < 1:
+        return format_eps(value)  # 4/255 for a multiple of 1/255, else repr
     return repr(value)
