@@ -6,7 +6,7 @@ leaderboard and every figure, written into ``OUT`` (``study.md``, ``study.json``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from grace_bench.errors import UserError
 from grace_bench.results.metrics import Metric, get_metric, metrics
@@ -14,11 +14,9 @@ from grace_bench.results.records import SummaryRecord, geometry_by_fingerprint, 
 from grace_bench.results.writer import write_record
 from grace_bench.study.claims import PAPER_TABLE6, accuracy_claims, claims_markdown, geometry_claims
 from grace_bench.study.recipe import WISE, ZERO_SHOT
+from grace_bench.study.state import StudyRun, total_times
 from grace_bench.utils.atomic import atomic_write_text
 from grace_bench.utils.runtime_info import runtime_info
-
-if TYPE_CHECKING:
-    from grace_bench.study.runner import StudyRun
 
 
 def aggregate_metrics() -> list[Metric]:
@@ -193,7 +191,6 @@ def draw_figures(run: StudyRun, stats: dict[str, dict[str, Any]], records: list[
 
 
 def _timing_line(run: StudyRun) -> str:
-    from grace_bench.study.runner import total_times
 
     totals = total_times(run.work)
     parts = [f"{stage} {sec:.0f} s" for stage, sec in totals.items()]

@@ -11,44 +11,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from grace_bench.errors import UserError
-from grace_bench.study.plan import Entry, entries, finetune_config, wise_alphas, wise_dir
+from grace_bench.study.plan import Entry, finetune_config, wise_alphas, wise_dir
 from grace_bench.study.recipe import WISE, ZERO_SHOT, StudyRecipe, read_study_json
+from grace_bench.study.report import write_report
+from grace_bench.study.state import StudyRun, accumulate_time, total_times
 from grace_bench.utils.atomic import atomic_write_json
 from grace_bench.utils.paths import check_writable_dir, ensure_writable_dir
 
 STAGES = ("pretrain", "finetune", "wise", "eval", "geometry", "report")
-
-
-@dataclass
-class StudyRun:
-    """A study in progress: its recipe, its folders and the wall time of each stage."""
-
-    recipe: StudyRecipe
-    work: Path
-    out: Path
-    device: str = "auto"
-    progress: bool = True
-    command: str = ""
-    timings: dict[str, float] = field(default_factory=dict)
-    log: Callable[[str], None] = print
-
-    @property
-    def results_dir(self) -> Path:
-        return self.work / "results"
-
-    @property
-    def geometry_dir(self) -> Path:
-        return self.work / "geometry"
-
-    def entries(self) -> list[Entry]:
-        return entries(self.recipe, self.work)
 
 
 def check_recipe(work: Path, recipe: StudyRecipe) -> None:
@@ -70,7 +46,6 @@ def check_recipe(work: Path, recipe: StudyRecipe) -> None:
 
 def run_study(run: StudyRun, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
     """Run ``stages`` of the study in order; returns the report record (also written to ``OUT/study.json``)."""
-    from grace_bench.study.report import write_report
 
     check_writable_dir(run.out, "--out")  # a file or read-only folder fails before any stage runs
     ensure_writable_dir(run.work, "--work")
@@ -88,29 +63,11 @@ def run_study(run: StudyRun, stages: tuple[str, ...] = STAGES) -> dict[str, Any]
         else:
             steps[stage](run)
         run.timings[stage] = round(time.perf_counter() - t0, 1)
-        _accumulate_time(run.work, stage, run.timings[stage])
+        accumulate_time(run.work, stage, run.timings[stage])
     if report:  # the report was written before the report stage's own time was known: add the totals
         report["timings_total_s"] = total_times(run.work)
         atomic_write_json(run.out / "study.json", report)
     return report
-
-
-def total_times(work: Path) -> dict[str, float]:
-    """Seconds spent in each stage over every invocation of this study (``WORK/timings.json``)."""
-    path = work / "timings.json"
-    if not path.is_file():
-        return {}
-    totals = read_study_json(path, "delete it (it only holds the wall time of earlier stages)")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in totals.values()):
-        raise UserError(f"{path} must map stage names to seconds; delete it (it only holds the wall time of earlier "
-                        "stages)")
-    return totals
-
-
-def _accumulate_time(work: Path, stage: str, seconds: float) -> None:
-    totals = total_times(work)
-    totals[stage] = round(totals.get(stage, 0.0) + seconds, 1)
-    atomic_write_json(work / "timings.json", totals)
 
 
 def _pretrain(run: StudyRun) -> None:
