@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +91,6 @@ def _first_id(suite):
     return ids[0]
 
 
-def _versions() -> dict[str, str]:
-    from grace_bench.eval.store import package_versions
-
-    return package_versions()
-
-
 def _model_device(clip):
     from grace_bench.geometry.losses import model_device
 
@@ -141,8 +134,6 @@ def run(kind: str, clip, data: GeometryData | None = None, config: GeometryConfi
         "hash_scheme": HASH_SCHEME,
         "seed": config.seed,
         "device": str(device),
-        "versions": _versions(),
-        "created": datetime.now(timezone.utc).isoformat(),
         **payload,
         "wall_time_s": time.perf_counter() - t0,
     }
@@ -186,12 +177,13 @@ def write_result(path: Path, result: GeometryResult) -> None:
     """Write the NPZ, then the JSON (atomically; the JSON marks the result complete)."""
     import numpy as np
 
-    from grace_bench.utils.atomic import atomic_path, atomic_write_json
+    from grace_bench.results.writer import write_record
+    from grace_bench.utils.atomic import atomic_path
 
     if result.arrays:
         with atomic_path(path.with_suffix(".npz")) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **result.arrays)
-    atomic_write_json(path, result.record)
+    result.record.update(write_record(path, result.record, kind="geometry"))  # stamps schema, versions, time
 
 
 def compute(kind: str, clip, config: GeometryConfig | None = None, out: str | Path = "results", *,
