@@ -210,3 +210,17 @@ def test_regenerate_replaces_only_the_marked_block():
     assert committed_table(new, "t") == "| a |\n"
     with pytest.raises(ValueError, match="add the markers"):
         committed_table("no markers", "t")
+
+
+def test_the_docs_script_finds_and_rewrites_a_stale_table(tmp_path, capsys):
+    from grace_bench.docs import main
+
+    page = tmp_path / "docs" / "methods.md"
+    page.parent.mkdir()
+    page.write_text("# m\n\n<!-- BEGIN defaults_markdown -->\n| old |\n<!-- END defaults_markdown -->\n\n"
+                    "<!-- BEGIN suite_defaults_markdown -->\n<!-- END suite_defaults_markdown -->\n")
+    assert main(["--check", "--root", str(tmp_path)]) == 1
+    assert "out of date: defaults_markdown" in capsys.readouterr().err
+    assert main(["--root", str(tmp_path)]) == 0
+    assert main(["--check", "--root", str(tmp_path)]) == 0
+    assert "| grace | lambda_gv |" in page.read_text() and "| old |" not in page.read_text()
