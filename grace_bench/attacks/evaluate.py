@@ -52,6 +52,8 @@ def evaluate_adversarial(
     indices: Sequence[int] | None = None,
     progress: bool = True,
     num_workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
 ) -> dict[str, Any]:
     """Attack the first ``n`` examples of ``dataset`` (or ``indices``, truncated to ``n``) and return a JSON-ready dict.
 
@@ -65,6 +67,10 @@ def evaluate_adversarial(
     ``attack_label`` (e.g. ``APGD-CE 1×100``), ``eps`` (fraction string), ``eps_value``, ``norm``, ``n``,
     ``clean_acc``, ``robust_acc``, ``cascade``, ``config``, ``timings``, ``warnings``, ``robust_flags``,
     ``clean_flags`` and ``indices``.
+
+    Under torchrun every rank calls this with the same arguments and its ``rank`` of ``world`` (default
+    process group initialised): the chunks are dealt across ranks and every rank returns the same gathered
+    flags (``timings`` names the chunks each rank ran); only rank 0 runs the model checks.
     """
     spec = attack if isinstance(attack, AttackSpec) else parse_attack_spec(attack)
     if spec.kind == "none":
@@ -86,7 +92,7 @@ def evaluate_adversarial(
                                                       chunk_size=chunk_size, device=device)
         key = state_key(attack_obj.config, x, y, model_hash(classifier))
         run = run_attack(attack_obj, classifier, x, y, seed=seed, chunk_size=chunk_size, key=key,
-                         state_dir=state_dir, device=device, progress=progress)
+                         state_dir=state_dir, device=device, progress=progress, rank=rank, world=world)
     out = {"robust": run.robust, "clean": run.clean, "cascade": run.cascade, "config": attack_obj.config,
            "timings": run.timings, "warnings": run.warnings}
     out["timings"].update(load_s=load_s, total_s=time.perf_counter() - t_start)
