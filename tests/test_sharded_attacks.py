@@ -114,3 +114,65 @@ def test_sharded_attacks_give_the_single_process_flags(tmp_path, monkeypatch):
                    if r["kind"] == "adversarial" and r["config"]["attack"].startswith("custom:"))
     assert cascade["metrics"]["timings"]["resumed_from"] == {"chunk": 1, "attack_index": 0}
     assert cascade["metrics"]["timings"]["steps_run"] == 4  # chunks 1 and 2, two steps each; chunk 0 was saved
+
+
+def test_collectives_use_a_cuda_device_under_nccl(monkeypatch):
+    """NCCL rejects CPU tensors: the gather and the broadcast must build theirs on the rank's GPU."""
+    import torch
+    import torch.distributed as dist
+
+    from grace_bench.attacks.sharding import collective_device
+
+    assert collective_device(torch.device("cpu")) == torch.device("cpu")  # no process group: the CPU
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda *a, **k: "gloo")
+    assert collective_device(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.setattr(dist, "get_backend", lambda *a, **k: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert collective_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert collective_device(torch.device("cpu")) == torch.device("cuda", 3)
+
+
+def test_sharded_write_does_not_wait_for_a_held_lock(tmp_path, monkeypatch):
+    """Under torchrun rank 0 must not block on the result lock while the other ranks sit in a collective."""
+    import threading
+    from types import SimpleNamespace
+
+    import torch
+
+    from grace_bench.attacks import sharding
+    from grace_bench.eval import run
+    from grace_bench.eval.lock import ResultLock
+    from grace_bench.eval.store import ResultStore
+
+    monkeypatch.setattr(sharding, "rank0_decides", lambda flag, world, device: flag)
+    record = {"kind": "adversarial", "metrics": {"robust_flags": [True]}, "config": {"world_size": 2}}
+    monkeypatch.setattr(run, "_attack", lambda *args: record)
+    store = ResultStore(tmp_path)
+    fp = "f" * 64
+    named = SimpleNamespace(name="micro")
+    clip = SimpleNamespace(fingerprint=lambda: fp)
+    plan = SimpleNamespace(attack="pgd", eps="4/255", n_adv=1)
+    cfg = SimpleNamespace(norm="Linf", seed=0)
+    args = (cfg, store, clip, named, named, None, None, {}, plan, None, torch.device("cpu"), 0, 2)
+    state = store.state_dir(fp, "micro", "adversarial", "x").parent  # emptied and removed by clear_state
+    state.mkdir(parents=True)
+    holder = None
+    real_result_path = store.result_path
+
+    def result_path(*a):  # the path depends on the config hash: lock it as soon as it is known
+        nonlocal holder
+        path = real_result_path(*a)
+        holder = ResultLock(path, on_wait=None)
+        holder.acquire()  # another process (e.g. a single-process eval) is computing this result
+        return path
+
+    monkeypatch.setattr(store, "result_path", result_path)
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(run._adversarial_result(*args)), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert done, "rank 0 waited for the lock of another process"
+    assert store.load(done[0]) is not None  # written anyway (atomically; the same flags)
+    assert state.exists()  # the other process may still need the resume state
+    holder.release()
