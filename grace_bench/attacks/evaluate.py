@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from grace_bench.attacks import sanity
 from grace_bench.attacks.chunks import DEFAULT_CHUNK_SIZE, DEFAULT_SEED, chunk_ranges, clear_state
@@ -138,11 +138,15 @@ def _select_indices(size: int, n: int | None, indices: Sequence[int] | None) -> 
 
 
 def _load_examples(dataset, indices, batch_size, num_workers, progress) -> tuple[torch.Tensor, torch.Tensor]:
+    """The examples at ``indices``, in order (in-memory tensors are sliced; other datasets use workers)."""
     from tqdm.auto import tqdm
 
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    from grace_bench.eval.batching import iter_batches
+
+    batches = iter_batches(dataset, indices, batch_size, num_workers=num_workers)
     xs, ys = [], []
-    for xb, yb in tqdm(loader, desc="load adversarial subset", unit="batch", disable=not progress, leave=False):
+    for xb, yb in tqdm(batches, total=-(-len(indices) // batch_size), desc="load adversarial subset", unit="batch",
+                       disable=not progress, leave=False):
         xs.append(xb.float())
         ys.append(torch.as_tensor(yb).long())
     return torch.cat(xs), torch.cat(ys)
