@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from grace_bench.attacks import sanity
 from grace_bench.attacks.chunks import DEFAULT_CHUNK_SIZE, DEFAULT_SEED, chunk_ranges, clear_state
@@ -52,6 +52,8 @@ def evaluate_adversarial(
     indices: Sequence[int] | None = None,
     progress: bool = True,
     num_workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
 ) -> dict[str, Any]:
     """Attack the first ``n`` examples of ``dataset`` (or ``indices``, truncated to ``n``) and return a JSON-ready dict.
 
@@ -65,6 +67,10 @@ def evaluate_adversarial(
     ``attack_label`` (e.g. ``APGD-CE 1×100``), ``eps`` (fraction string), ``eps_value``, ``norm``, ``n``,
     ``clean_acc``, ``robust_acc``, ``cascade``, ``config``, ``timings``, ``warnings``, ``robust_flags``,
     ``clean_flags`` and ``indices``.
+
+    Under torchrun every rank calls this with the same arguments and its ``rank`` of ``world`` (default
+    process group initialised): the chunks are dealt across ranks and every rank returns the same gathered
+    flags (``timings`` names the chunks each rank ran); only rank 0 runs the model checks.
     """
     spec = attack if isinstance(attack, AttackSpec) else parse_attack_spec(attack)
     if spec.kind == "none":
@@ -86,7 +92,7 @@ def evaluate_adversarial(
                                                       chunk_size=chunk_size, device=device)
         key = state_key(attack_obj.config, x, y, model_hash(classifier))
         run = run_attack(attack_obj, classifier, x, y, seed=seed, chunk_size=chunk_size, key=key,
-                         state_dir=state_dir, device=device, progress=progress)
+                         state_dir=state_dir, device=device, progress=progress, rank=rank, world=world)
     out = {"robust": run.robust, "clean": run.clean, "cascade": run.cascade, "config": attack_obj.config,
            "timings": run.timings, "warnings": run.warnings}
     out["timings"].update(load_s=load_s, total_s=time.perf_counter() - t_start)
@@ -132,11 +138,15 @@ def _select_indices(size: int, n: int | None, indices: Sequence[int] | None) -> 
 
 
 def _load_examples(dataset, indices, batch_size, num_workers, progress) -> tuple[torch.Tensor, torch.Tensor]:
+    """The examples at ``indices``, in order (in-memory tensors are sliced; other datasets use workers)."""
     from tqdm.auto import tqdm
 
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    from grace_bench.eval.batching import iter_batches
+
+    batches = iter_batches(dataset, indices, batch_size, num_workers=num_workers)
     xs, ys = [], []
-    for xb, yb in tqdm(loader, desc="load adversarial subset", unit="batch", disable=not progress, leave=False):
+    for xb, yb in tqdm(batches, total=-(-len(indices) // batch_size), desc="load adversarial subset", unit="batch",
+                       disable=not progress, leave=False):
         xs.append(xb.float())
         ys.append(torch.as_tensor(yb).long())
     return torch.cat(xs), torch.cat(ys)

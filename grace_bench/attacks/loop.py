@@ -4,8 +4,9 @@ An ``Attack`` is a fixed list of ``steps`` (PGD: one; an AutoAttack cascade: its
 attacks one chunk with one step and returns the chunk's new robust flags. The loop (``run_chunks``) owns
 everything else: for each chunk index it is given, the clean pass, then every step not yet done, saving the
 chunk's state atomically after each, so a killed run resumes at the first unfinished (chunk, step) with
-identical flags; the progress bar; and ``gather`` puts the per-chunk flags back in subset order. The chunk
-list is an argument, so spreading chunks over processes only changes which indices each one runs.
+identical flags; the progress bar; and ``gather`` puts the per-chunk flags back in subset order. Under
+torchrun ``run_attack`` deals the chunks across ranks (``sharding.deal_chunks``), each rank runs its own
+chunks and the ranks exchange the finished chunk states, so the flags do not depend on the world size.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 from grace_bench.attacks import sanity
 from grace_bench.attacks.chunks import chunk_ranges, chunk_seed
 from grace_bench.attacks.progress import AttackProgress
+from grace_bench.attacks.sharding import all_gather_json, deal_chunks
 from grace_bench.attacks.state import load_state, pack_flags, save_state, unpack_flags
 
 CHUNK_STATE_SCHEMA = "grace-bench/attack-chunk-state/v2"
@@ -80,33 +82,57 @@ class AttackRun:
 
 def run_attack(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int, chunk_size: int,
                key: str, state_dir: str | Path | None, device: torch.device, progress: bool = True,
-               checks: bool = True) -> AttackRun:
-    """Run ``attack`` on every chunk of ``x``/``y`` (in one process) and gather the result."""
+               checks: bool = True, rank: int = 0, world: int = 1) -> AttackRun:
+    """Run ``attack`` on every chunk of ``x``/``y`` and gather the result.
+
+    Under torchrun (``world`` > 1, the default process group initialised) every rank calls this with the
+    whole subset: it runs the chunks ``deal_chunks`` gives it, each with its own resume state, then the
+    ranks exchange their finished chunk states and every rank gathers the same flags in subset order. The
+    model checks run on rank 0 only, so rank 0's warnings are the complete list.
+    """
     ranges = chunk_ranges(x.shape[0], chunk_size)
+    mine = deal_chunks(len(ranges), rank, world)
     messages = attack.setup_warnings()
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # pyautoattack reseeds the global generator
         checks_s = 0.0
-        if checks:
+        if checks and rank == 0:
             t0 = time.perf_counter()
             messages += sanity.model_checks(model, x[:chunk_size].to(device), y[:chunk_size].to(device),
                                             expect_random=attack.expect_random)
             checks_s = time.perf_counter() - t0
         folder = Path(state_dir) / f"{attack.prefix}-{key[:16]}" if state_dir is not None else None
-        states, info = run_chunks(attack, model, x, y, range(len(ranges)), seed=seed, chunk_size=chunk_size,
+        states, info = run_chunks(attack, model, x, y, mine, seed=seed, chunk_size=chunk_size,
                                   key=key, folder=folder, device=device, progress=progress)
-    out = gather(attack, states, x.shape[0], chunk_size)
+    shared = all_gather_json({"states": {str(c): s for c, s in states.items()}, "info": info}, world, device)
+    every = {int(c): s for part in shared for c, s in part["states"].items()}
+    out = gather(attack, every, x.shape[0], chunk_size)
     messages += attack.extra_warnings(out.cascade)
     sanity.check_invariants(out.robust, out.clean, attack.config["eps"])
-    out.timings.update(checks_s=checks_s, **info)
+    infos = [part["info"] for part in shared]
+    out.timings.update(checks_s=checks_s, resumed_from=_resume_point(infos, len(ranges)),
+                       steps_run=sum(i["steps_run"] for i in infos), world_size=world,
+                       chunks_by_rank=[i["chunks"] for i in infos])
     out.warnings = messages
     return out
+
+
+def _resume_point(infos: Sequence[Mapping[str, Any]], n_chunks: int) -> dict[str, int] | None:
+    """The first (chunk, step) any rank had to run after loading saved work (None: no rank found any)."""
+    if not any(i["loaded"] for i in infos):
+        return None
+    todo = [i["first_todo"] for i in infos if i["first_todo"] is not None]
+    return min(todo, key=lambda t: t["chunk"]) if todo else {"chunk": n_chunks, "attack_index": 0}
 
 
 def run_chunks(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunks: Sequence[int], *,
                seed: int, chunk_size: int, key: str, folder: Path | None, device: torch.device,
                progress: bool = True) -> tuple[dict[int, dict], dict[str, Any]]:
-    """Run the unfinished steps of each chunk in ``chunks``; returns ``{chunk: state}`` and resume info."""
+    """Run the unfinished steps of each chunk in ``chunks``; returns ``{chunk: state}`` and resume info.
+
+    The info holds ``chunks``, ``loaded`` (some saved state was found), ``first_todo`` (the first step that
+    had to run, or None), ``steps_run`` and ``resumed_from`` (where this call picked up saved work).
+    """
     ranges = chunk_ranges(x.shape[0], chunk_size)
     per_chunk = sum(attack.planned(s) for s in attack.steps)
     bar = AttackProgress(len(chunks) * per_chunk, desc=attack.label, enabled=progress)
@@ -127,9 +153,9 @@ def run_chunks(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tenso
                                 f"{c + 1}/{len(ranges)}")
         states[c] = state
     bar.close()
-    # where this call picked up saved work: the first step it had to run (None: nothing was saved)
-    resumed = (first_todo or {"chunk": len(ranges), "attack_index": 0}) if loaded else None
-    return states, {"resumed_from": resumed, "steps_run": steps_run}
+    info = {"chunks": list(chunks), "loaded": loaded, "first_todo": first_todo, "steps_run": steps_run}
+    info["resumed_from"] = _resume_point([info], len(ranges))
+    return states, info
 
 
 def _run_chunk(attack: Attack, model, x, y, state: dict, path: Path | None, device, bar: AttackProgress,

@@ -87,10 +87,9 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
         current["clean", spec.name] = _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key,
                                                     device, rank, world)
         if spec.name in adv_names:
-            path = _adversarial_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, plan,
-                                       adv_indices[spec.name], rank)
-            if path is not None:
-                current["adversarial", spec.name] = path
+            current["adversarial", spec.name] = _adversarial_result(
+                cfg, store, clip, suite, spec, dataset, clf, prompt_key, plan, adv_indices[spec.name], device, rank,
+                world)
     barrier(world)
 
     summary_path = store.summary_path(fp)
@@ -168,42 +167,70 @@ def _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, devic
     return path
 
 
-def _adversarial_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, plan, indices, rank) -> Path | None:
-    from grace_bench.attacks.evaluate import evaluate_adversarial
+def _adversarial_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, plan, indices, device, rank,
+                        world) -> Path:
+    """The adversarial result of one dataset; under torchrun every rank attacks its share of the chunks.
 
+    In one process the per-result lock is held around the attack, so a second process waits and reuses the
+    result. Under torchrun rank 0 decides for all ranks whether the result exists, every rank attacks its
+    chunks, and rank 0 alone writes, taking the lock only for the write and never waiting for it (a rank
+    blocked on a lock while the others sit in a collective would time out the group).
+    """
     config = {"protocol": PROTOCOL_VERSION, "suite": suite.name, "dataset": spec.name, "attack": plan.attack,
               "eps": plan.eps, "norm": cfg.norm, "n": plan.n_adv, "seed": cfg.seed, "chunk_size": DEFAULT_CHUNK_SIZE,
               **prompt_key}
     h = config_hash(config)
     fp = clip.fingerprint()
     path = store.result_path(fp, spec.name, "adversarial", h)
-    if store.load(path) is not None:
-        return path
-    if rank != 0:  # attacks run on rank 0 only; they are resumable rather than sharded
-        return None
-    with store.lock(path):
-        if store.load(path) is not None:  # another process finished it while we waited
+    if world == 1:
+        if store.load(path) is not None:
             return path
-        start = time.perf_counter()
-        res = evaluate_adversarial(
-            clf, dataset, attack=plan.attack, eps=plan.eps, norm=cfg.norm, n=plan.n_adv,
-            batch_size=cfg.adv_batch_size, chunk_size=DEFAULT_CHUNK_SIZE,
-            state_dir=store.state_dir(fp, spec.name, "adversarial", h), seed=cfg.seed, indices=indices,
-            progress=cfg.progress,
-        )
-        wall = time.perf_counter() - start
-        done = {
-            "kind": "adversarial",
-            "checkpoint": {"spec": clip.spec, "fingerprint": fp, "arch": clip.arch},
-            "dataset": {"name": spec.name, "role": spec.role, "suite": suite.name, "n": res["n"]},
-            "metrics": res,
-            "config": config,
-            "config_hash": h,
-            "versions": package_versions(),
-            "seed": cfg.seed,
-            "wall_time_s": wall,
-            "images_per_s": res["n"] / max(wall, 1e-9),
-        }
-        store.write(path, done)
-        store.clear_state(fp, spec.name, "adversarial", h)  # the result is stored: its resume state goes
+        with store.lock(path):
+            if store.load(path) is None:  # else another process finished it while we waited
+                store.write(path, _attack(cfg, store, clip, suite, spec, dataset, clf, plan, indices, config, h,
+                                          device, 0, 1))
+                store.clear_state(fp, spec.name, "adversarial", h)  # the result is stored: its resume state goes
+        return path
+    from grace_bench.attacks.sharding import rank0_decides
+
+    if rank0_decides(store.load(path) is not None if rank == 0 else False, world, device):
+        return path
+    record = _attack(cfg, store, clip, suite, spec, dataset, clf, plan, indices, config, h, device, rank, world)
+    if rank == 0:
+        lock = store.lock(path, quiet=True)
+        mine = lock.acquire(blocking=False)
+        try:
+            store.write(path, record)  # atomic; a concurrent writer of this result writes the same flags
+            if mine:  # a busy lock means another process may still need the resume state
+                store.clear_state(fp, spec.name, "adversarial", h)
+        finally:
+            lock.release()
     return path
+
+
+def _attack(cfg, store, clip, suite, spec, dataset, clf, plan, indices, config, h, device, rank, world) -> dict:
+    """Attack the dataset's subset (this rank's chunks under torchrun) and build the result record."""
+    from grace_bench.attacks.evaluate import evaluate_adversarial
+
+    fp = clip.fingerprint()
+    start = time.perf_counter()
+    res = evaluate_adversarial(
+        clf, dataset, attack=plan.attack, eps=plan.eps, norm=cfg.norm, n=plan.n_adv,
+        batch_size=cfg.adv_batch_size, chunk_size=DEFAULT_CHUNK_SIZE,
+        state_dir=store.state_dir(fp, spec.name, "adversarial", h), seed=cfg.seed, indices=indices,
+        progress=cfg.progress and rank == 0, num_workers=cfg.workers, rank=rank, world=world,
+    )
+    wall = time.perf_counter() - start
+    return {
+        "kind": "adversarial",
+        "checkpoint": {"spec": clip.spec, "fingerprint": fp, "arch": clip.arch},
+        "dataset": {"name": spec.name, "role": spec.role, "suite": suite.name, "n": res["n"]},
+        "metrics": res,
+        # world_size and chunks_by_rank are not hashed: the result is the same for every world size
+        "config": {**config, "world_size": world, "chunks_by_rank": res["timings"]["chunks_by_rank"]},
+        "config_hash": h,
+        "versions": package_versions(),
+        "seed": cfg.seed,
+        "wall_time_s": wall,
+        "images_per_s": res["n"] / max(wall, 1e-9),
+    }
