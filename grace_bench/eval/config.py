@@ -13,6 +13,7 @@ class EvalConfig:
     checkpoint: str | None = None  # None: the suite's default model (micro: the shipped micro-CLIP)
     suite: str | None = None
     data_root: Path | None = None
+    data_layout: str = "auto"  # ImageNet family: auto (image folders, else wds_<name> shards), folders or wds
     base: str | None = None
     trust_pickle: bool = False
     attack: str | None = None
