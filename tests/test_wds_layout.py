@@ -195,3 +195,34 @@ def test_rank_share_deals_whole_shards_and_covers_every_index(both_layouts):
     assert shares == [list(range(*ds.shard_ranges[0])), list(range(*ds.shard_ranges[1]))]
     three = [rank_share(ds, range(len(ds)), r, 3) for r in range(3)]
     assert sorted(sum(three, [])) == list(range(len(ds)))
+
+
+def test_clean_pass_saves_its_state_at_each_shard_end_and_resumes(both_layouts, tiny_clip, tmp_path):
+    from grace_bench.eval.clean import evaluate_clean
+    from grace_bench.models.zero_shot import ZeroShotClassifier
+
+    ds = inet.imagenet_val(_ctx(both_layouts, "wds"))
+    head = torch.nn.functional.normalize(torch.randn(tiny_clip.model.visual.output_dim, 1000), dim=0)
+    clf = ZeroShotClassifier(tiny_clip.model, head, tiny_clip.mean, tiny_clip.std).eval()
+    partial = tmp_path / "partial.json"
+    full = evaluate_clean(clf, ds, range(len(ds)), batch_size=2, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    def dies_in_second_shard(module, args):
+        calls["n"] += 1
+        if calls["n"] == 3:  # batches of 2 over shards of 3: batch 2 finishes shard 0, batch 3 is in shard 1
+            raise Killed
+
+    hook = clf.register_forward_pre_hook(dies_in_second_shard)
+    with pytest.raises(Killed):
+        evaluate_clean(clf, ds, range(len(ds)), batch_size=2, progress=False, partial_path=partial, partial_key="k")
+    hook.remove()
+    assert json.loads(partial.read_text())["done"] == 4  # saved when shard 0 (3 samples) was finished
+    resumed = evaluate_clean(clf, ds, range(len(ds)), batch_size=2, progress=False, partial_path=partial,
+                             partial_key="k")
+    assert {k: v for k, v in resumed.items() if k != "forward_seconds"} == {
+        k: v for k, v in full.items() if k != "forward_seconds"}

@@ -244,3 +244,16 @@ def rank_share(dataset: Dataset, indices: Sequence[int], rank: int, world: int) 
             mine.extend(part)
         seen += len(part)
     return mine
+
+
+def shard_ends(dataset: Dataset, indices: Sequence[int]) -> set[int]:
+    """Counts ``p`` such that ``indices[p - 1]`` is the last of its shard in ``indices`` (empty when not sharded):
+    the points where a resumable pass saves its state, so a restart loses at most one shard's work."""
+    ranges = getattr(dataset, "shard_ranges", None)
+    if not ranges:
+        return set()
+    starts = sorted(start for start, _ in ranges)
+    from bisect import bisect_right
+
+    shard = [bisect_right(starts, i) for i in indices]
+    return {p for p in range(1, len(shard) + 1) if p == len(shard) or shard[p] != shard[p - 1]}
