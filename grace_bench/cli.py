@@ -43,7 +43,9 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="clean-eval precision")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--workers", type=int, default=4, help="data-loader workers for image folders")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loader workers for image folders and shards (default: one per CPU core but one, "
+                        "at most 16; 0 for in-memory suites)")
     p.add_argument("--allow-empty-classes", action="store_true",
                    help="evaluate image folders even if some class folders hold no readable image (counted in "
                         "the result); by default that is an error")

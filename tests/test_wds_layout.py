@@ -226,3 +226,15 @@ def test_clean_pass_saves_its_state_at_each_shard_end_and_resumes(both_layouts, 
                              partial_key="k")
     assert {k: v for k, v in resumed.items() if k != "forward_seconds"} == {
         k: v for k, v in full.items() if k != "forward_seconds"}
+
+
+def test_auto_workers_leave_the_main_process_a_core(monkeypatch):
+    from grace_bench.eval import batching
+
+    monkeypatch.setattr(batching, "usable_cores", lambda: 1)
+    assert batching.auto_workers(None, 4) == 0  # one core: a worker only adds inter-process cost
+    monkeypatch.setattr(batching, "usable_cores", lambda: 8)
+    assert batching.auto_workers(None, 4) == 7 and batching.auto_workers(None, 0) == 0
+    assert batching.auto_workers(3, 4) == 3
+    monkeypatch.setattr(batching, "usable_cores", lambda: 96)
+    assert batching.auto_workers(None, 4) == batching.MAX_AUTO_WORKERS

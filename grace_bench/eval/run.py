@@ -20,6 +20,7 @@ from grace_bench.attacks.chunks import DEFAULT_CHUNK_SIZE
 from grace_bench.data.suites import DataContext, DatasetSpec
 from grace_bench.data.wds_shards import rank_share
 from grace_bench.errors import UserError
+from grace_bench.eval.batching import auto_workers
 from grace_bench.eval.clean import evaluate_clean
 from grace_bench.eval.config import EvalConfig
 from grace_bench.eval.context import classifier_for
@@ -143,8 +144,8 @@ def _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, devic
         start = time.perf_counter()
         metrics = evaluate_clean(
             clf, dataset, rank_share(dataset, range(n), rank, world), batch_size=cfg.batch_size,
-            precision=cfg.precision, device=device, num_workers=cfg.workers, partial_path=partial, partial_key=h,
-            world=world,
+            precision=cfg.precision, device=device, num_workers=auto_workers(cfg.workers, suite.loader_workers),
+            partial_path=partial, partial_key=h, world=world,
             progress=cfg.progress and rank == 0, desc=spec.name,
         )
         wall = time.perf_counter() - start
