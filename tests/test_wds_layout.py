@@ -238,3 +238,19 @@ def test_auto_workers_leave_the_main_process_a_core(monkeypatch):
     assert batching.auto_workers(3, 4) == 3
     monkeypatch.setattr(batching, "usable_cores", lambda: 96)
     assert batching.auto_workers(None, 4) == batching.MAX_AUTO_WORKERS
+
+
+def test_complete_val_shards_carry_robustbench_ids_when_labels_match_folder_order():
+    from grace_bench.data.imagenet_wds import _sample_ids, val_ids_in_folder_order
+    from grace_bench.data.wds_shards import ShardSample
+
+    known = val_ids_in_folder_order()
+    assert len(known) == 50_000 and [sid for sid, _ in known] == sorted(sid for sid, _ in known)
+    samples = [ShardSample(i // 10_000, f"s{i:07d}", "webp", 0, 1, label) for i, (_, label) in enumerate(known)]
+    labels = [s.cls for s in samples]
+    ids = _sample_ids("imagenet", samples, labels)
+    rb = meta.robustbench_imagenet_ids()
+    position = {sid: i for i, sid in enumerate(ids)}
+    assert all(labels[position[sid]] == meta.wnid_to_index()[sid.split("/")[0]] for sid in rb[:100])
+    shuffled = labels[1:] + labels[:1]  # labels not in folder order: no ids are claimed
+    assert _sample_ids("imagenet", samples, shuffled)[0] == "0/s0000000"
