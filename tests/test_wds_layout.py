@@ -254,3 +254,10 @@ def test_complete_val_shards_carry_robustbench_ids_when_labels_match_folder_orde
     assert all(labels[position[sid]] == meta.wnid_to_index()[sid.split("/")[0]] for sid in rb[:100])
     shuffled = labels[1:] + labels[:1]  # labels not in folder order: no ids are claimed
     assert _sample_ids("imagenet", samples, shuffled)[0] == "0/s0000000"
+
+
+def test_adversarial_subset_on_incomplete_val_shards_is_a_one_line_user_error(both_layouts):
+    ds = inet.imagenet_val(_ctx(both_layouts, "wds"))
+    with pytest.raises(UserError, match="50,000") as err:
+        inet.robustbench_indices(ds, 10)
+    assert "\n" not in str(err.value)

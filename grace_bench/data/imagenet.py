@@ -47,7 +47,7 @@ from grace_bench.data.image_folders import (
     require_folder,
     validate_class_folders,
 )
-from grace_bench.data.imagenet_wds import WDS_FOLDERS, load_wds_dataset
+from grace_bench.data.imagenet_wds import VAL_SIZE, WDS_FOLDERS, load_wds_dataset
 from grace_bench.data.suite_spec import DataContext, DatasetSpec, Suite
 from grace_bench.data.wds_shards import check_layout_name, is_wds_folder
 from grace_bench.errors import UserError
@@ -304,6 +304,12 @@ def robustbench_indices(dataset: ImageFolderDataset, n: int | None = None) -> li
     ids = meta.robustbench_imagenet_ids()
     if n is not None and not 1 <= n <= len(ids):
         raise UserError(f"--n-adv {n} is out of range for ImageNet; choose 1..{len(ids)} (RobustBench's fixed subset)")
+    if getattr(dataset, "shard_ranges", None) is not None and len(dataset) != VAL_SIZE:
+        raise UserError(
+            f"imagenet: the webdataset shards at {dataset.root} hold {len(dataset)} images, and RobustBench's "
+            f"subset is found in shards only when they hold all {VAL_SIZE:,} val images in ImageFolder order (as "
+            "CLIP_benchmark's wds_imagenet1k does); use complete shards or the image folders (--data-layout folders)"
+        )
     return indices_for_ids(dataset, ids[:n] if n is not None else ids)
 
 
