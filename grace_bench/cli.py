@@ -24,6 +24,9 @@ def _add_eval_parser(sub) -> None:
                         "(default: the suite's model: micro-CLIP for micro, ViT-B-32:openai for imagenet)")
     p.add_argument("--suite", help="suite name (default: micro for micro models, else imagenet)")
     p.add_argument("--data-root", type=Path, help="root folder holding the ImageNet-family datasets")
+    p.add_argument("--data-layout", choices=["auto", "folders", "wds"], default="auto",
+                   help="how the ImageNet family is held under --data-root: image folders, CLIP_benchmark "
+                        "webdataset shards (wds_<name>/test/*.tar), or auto (folders if present, else shards)")
     p.add_argument("--datasets", nargs="+", help="only these datasets of the suite")
     p.add_argument("--base", help="base checkpoint spec for visual-only checkpoints (text tower source)")
     p.add_argument("--trust-pickle", action="store_true", help="allow unpickling a checkpoint (only if trusted)")
@@ -40,7 +43,9 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="clean-eval precision")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--workers", type=int, default=4, help="data-loader workers for image folders")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loader workers for image folders and shards (default: one per CPU core but one, "
+                        "at most 16; 0 for in-memory suites)")
     p.add_argument("--allow-empty-classes", action="store_true",
                    help="evaluate image folders even if some class folders hold no readable image (counted in "
                         "the result); by default that is an error")
@@ -62,8 +67,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError("--batch-size must be >= 1")
     cfg = EvalConfig(
-        checkpoint=args.checkpoint, suite=args.suite, data_root=args.data_root, base=args.base,
-        trust_pickle=args.trust_pickle, attack=args.attack, eps=args.eps, norm=args.norm, n_adv=args.n_adv,
+        checkpoint=args.checkpoint, suite=args.suite, data_root=args.data_root, data_layout=args.data_layout,
+        base=args.base, trust_pickle=args.trust_pickle, attack=args.attack, eps=args.eps, norm=args.norm,
+        n_adv=args.n_adv,
         adv_datasets=args.adv_datasets, datasets=args.datasets, out=args.out, limit=args.limit,
         precision=args.precision, batch_size=args.batch_size, device=args.device, workers=args.workers,
         allow_empty_classes=args.allow_empty_classes,

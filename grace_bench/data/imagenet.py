@@ -47,7 +47,9 @@ from grace_bench.data.image_folders import (
     require_folder,
     validate_class_folders,
 )
+from grace_bench.data.imagenet_wds import VAL_SIZE, WDS_FOLDERS, load_wds_dataset
 from grace_bench.data.suite_spec import DataContext, DatasetSpec, Suite
+from grace_bench.data.wds_shards import check_layout_name, is_wds_folder
 from grace_bench.errors import UserError
 
 DEFAULT_FOLDERS: dict[str, tuple[str, ...]] = {
@@ -98,10 +100,40 @@ def dataset_dir(name: str, root: Path | str | None, folders: Mapping[str, str | 
         if (base / rel).is_dir():
             return base / rel
     tried = ", ".join(str(base / rel) for rel in DEFAULT_FOLDERS[name])
+    shards = f", or put CLIP_benchmark's shards in {base / WDS_FOLDERS[name]}" if name in WDS_FOLDERS else ""
     raise MissingDatasetError(
         f"{name}: not found under {base} (tried {tried}); extract it to {base / DEFAULT_FOLDERS[name][0]} "
-        f"or set {env} to its folder"
+        f"or set {env} to its folder{shards}"
     )
+
+
+def shard_folder(name: str, ctx: DataContext, folders: Mapping[str, str | Path] | None = None) -> Path | None:
+    """The webdataset folder to read ``name`` from, or None to read image folders (``ctx.layout`` decides).
+
+    ``auto``: an explicit folder (``folders`` / env) is read as shards when it holds ``test/nshards.txt``;
+    otherwise an existing image folder wins over ``<root>/wds_<name>``. ``wds``: shards only. ``folders``: never.
+    """
+    layout = check_layout_name(ctx.layout)
+    if layout == "folders" or name not in WDS_FOLDERS:
+        return None
+    if (folders or {}).get(name) or os.environ.get(FOLDER_ENV[name]):
+        path = dataset_dir(name, ctx.root, folders)
+        if is_wds_folder(path):
+            return path
+        if layout == "wds":
+            raise UserError(f"{name}: {path} has no test/nshards.txt, so it is not a webdataset folder; point "
+                            f"{FOLDER_ENV[name]} at the {WDS_FOLDERS[name]} folder or pass --data-layout auto")
+        return None
+    if ctx.root is None:
+        return None  # dataset_dir names the missing root
+    base = Path(ctx.root).expanduser()
+    shards = base / WDS_FOLDERS[name]
+    if layout == "wds":
+        require_folder(name, shards, "download CLIP_benchmark's shards there, or pass --data-layout auto")
+        return shards
+    if any((base / rel).is_dir() for rel in DEFAULT_FOLDERS[name]):
+        return None
+    return shards if shards.is_dir() else None
 
 
 def _transform(ctx: DataContext):
@@ -130,6 +162,8 @@ def _wnid_folder_dataset(
     subset: bool,
 ) -> ImageFolderDataset:
     """One-folder-per-wnid datasets. ``subset``: labels index into ``allowed`` (sorted) and a class subset is set."""
+    if (shards := shard_folder(name, ctx, folders)) is not None:
+        return load_wds_dataset(name, shards, _transform(ctx))
     root = dataset_dir(name, ctx.root, folders)
     found = list_subfolders(root)
     validate_class_folders(name, root, found, set(allowed), expected_count=expected_count, what=what, fix=_fix(name))
@@ -176,6 +210,8 @@ def imagenet_val(
 ) -> ImageFolderDataset:
     """ImageNet-1k validation: 1000 wnid folders (or the flat official layout); labels 0..999."""
     name = "imagenet"
+    if (shards := shard_folder(name, ctx, folders)) is not None:
+        return load_wds_dataset(name, shards, _transform(ctx))
     root = dataset_dir(name, ctx.root, folders)
     if not list_subfolders(root) and any(f.startswith(VAL_PREFIX) for f in list_files(root)):
         return _flat_val_dataset(name, root, ctx, verify)
@@ -206,6 +242,8 @@ def imagenet_v2(
 ) -> ImageFolderDataset:
     """ImageNet-V2 (matched frequency): folders ``0..999`` named by class index; labels are those indices."""
     name = "imagenet-v2"
+    if (shards := shard_folder(name, ctx, folders)) is not None:
+        return load_wds_dataset(name, shards, _transform(ctx))
     root = dataset_dir(name, ctx.root, folders)
     found = list_subfolders(root)
     allowed = {str(i) for i in range(meta.NUM_CLASSES)}
@@ -266,6 +304,12 @@ def robustbench_indices(dataset: ImageFolderDataset, n: int | None = None) -> li
     ids = meta.robustbench_imagenet_ids()
     if n is not None and not 1 <= n <= len(ids):
         raise UserError(f"--n-adv {n} is out of range for ImageNet; choose 1..{len(ids)} (RobustBench's fixed subset)")
+    if getattr(dataset, "shard_ranges", None) is not None and len(dataset) != VAL_SIZE:
+        raise UserError(
+            f"imagenet: the webdataset shards at {dataset.root} hold {len(dataset)} images, and RobustBench's "
+            f"subset is found in shards only when they hold all {VAL_SIZE:,} val images in ImageFolder order (as "
+            "CLIP_benchmark's wds_imagenet1k does); use complete shards or the image folders (--data-layout folders)"
+        )
     return indices_for_ids(dataset, ids[:n] if n is not None else ids)
 
 
@@ -310,5 +354,6 @@ def build_imagenet_suite(folders: Mapping[str, str | Path] | None = None) -> Sui
             "adv_subset": "RobustBench imagenet_test_image_ids.txt (5000 val ids, first n)",
             "adv_dataset": "imagenet",
             "folders": {k: list(v) for k, v in DEFAULT_FOLDERS.items()},
+            "wds_folders": dict(WDS_FOLDERS),
         },
     )

@@ -32,13 +32,15 @@ class DataContext:
     """What a loader needs: the data root (ImageNet-family suites) and the model's pixel preprocess.
 
     ``allow_empty_classes``: image-folder datasets accept class folders without a readable image (counted in
-    the result) instead of refusing them.
+    the result) instead of refusing them. ``layout``: how ImageNet-family datasets are held under ``root``:
+    ``auto`` (image folder if present, else CLIP_benchmark ``wds_<name>`` shards), ``folders`` or ``wds``.
     """
 
     root: Path | None = None
     preprocess: Callable | None = None
     image_size: int | None = None
     allow_empty_classes: bool = False
+    layout: str = "auto"
 
 
 @dataclass(frozen=True)

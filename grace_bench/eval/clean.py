@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from grace_bench.data.wds_shards import shard_ends
 from grace_bench.eval.batching import iter_batches
 from grace_bench.eval.distributed import sum_across_ranks
 from grace_bench.eval.metrics import topk_correct
@@ -55,8 +56,8 @@ def evaluate_clean(
 ) -> dict[str, Any]:
     """Top-1/top-5 counts over ``indices`` (this rank's shard), summed across ranks.
 
-    Progress is saved to ``partial_path`` every few batches, so a killed run resumes at the last saved
-    batch with identical numbers (the order is fixed and there is no randomness).
+    Progress is saved to ``partial_path`` every few batches and whenever a webdataset shard is finished, so a
+    killed run resumes at the last saved batch with identical numbers (the order is fixed, no randomness).
     """
     from tqdm.auto import tqdm
 
@@ -66,6 +67,7 @@ def evaluate_clean(
         "schema": PARTIAL_SCHEMA, "key": partial_key, "done": 0, "top1": 0, "top5": 0, "forward_s": 0.0,
     }
     todo = list(indices)[state["done"]:]
+    ends = shard_ends(dataset, indices)
     bar = tqdm(total=len(indices), initial=state["done"], desc=desc, unit="img", disable=not progress, leave=False)
     batches_since_save = 0
     for images, labels in iter_batches(dataset, todo, batch_size, num_workers=num_workers,
@@ -79,10 +81,11 @@ def evaluate_clean(
         state["forward_s"] += time.perf_counter() - t0
         state["top1"] += hits[1]
         state["top5"] += hits.get(5, 0)
-        state["done"] += len(labels)
+        before, state["done"] = state["done"], state["done"] + len(labels)
         bar.update(len(labels))
         batches_since_save += 1
-        if partial_path is not None and batches_since_save >= SAVE_EVERY_BATCHES:
+        shard_done = any(before < end <= state["done"] for end in ends)
+        if partial_path is not None and (batches_since_save >= SAVE_EVERY_BATCHES or shard_done):
             atomic_write_json(partial_path, state)
             batches_since_save = 0
     bar.close()

@@ -13,6 +13,7 @@ class EvalConfig:
     checkpoint: str | None = None  # None: the suite's default model (micro: the shipped micro-CLIP)
     suite: str | None = None
     data_root: Path | None = None
+    data_layout: str = "auto"  # ImageNet family: auto (image folders, else wds_<name> shards), folders or wds
     base: str | None = None
     trust_pickle: bool = False
     attack: str | None = None
@@ -27,7 +28,7 @@ class EvalConfig:
     batch_size: int = 256
     adv_batch_size: int = 250
     device: str = "auto"
-    workers: int = 4
+    workers: int | None = None  # None: eval.batching.auto_workers (0 for in-memory suites, else cores - 1)
     allow_empty_classes: bool = False  # image folders: accept class folders without a readable image
     templates_file: Path | None = None
     classnames_file: Path | None = None

@@ -18,11 +18,13 @@ import torch
 
 from grace_bench.attacks.chunks import DEFAULT_CHUNK_SIZE
 from grace_bench.data.suites import DataContext, DatasetSpec
+from grace_bench.data.wds_shards import rank_share
 from grace_bench.errors import UserError
+from grace_bench.eval.batching import auto_workers
 from grace_bench.eval.clean import evaluate_clean
 from grace_bench.eval.config import EvalConfig
 from grace_bench.eval.context import classifier_for
-from grace_bench.eval.distributed import barrier, init_from_env, shard
+from grace_bench.eval.distributed import barrier, init_from_env
 from grace_bench.eval.labels import evaluated_as, identity_of, merged_identity
 from grace_bench.eval.plan import (  # noqa: F401 - read_text_list/default_suite_for are part of this module's API
     adv_indices_for,
@@ -71,7 +73,7 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
     suite = plan.suite
     templates, classnames = plan.templates, plan.classnames
     ctx = DataContext(root=cfg.data_root, preprocess=clip.preprocess, image_size=clip.image_size,
-                      allow_empty_classes=cfg.allow_empty_classes)
+                      allow_empty_classes=cfg.allow_empty_classes, layout=cfg.data_layout)
     store = ResultStore(cfg.out)
     fp = clip.fingerprint()
     prompt_key = {"templates": text_list_hash(templates), "classnames": text_list_hash(classnames)}
@@ -140,8 +142,9 @@ def _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, devic
         partial = store.state_dir(fp, spec.name, "clean", h) / f"rank{rank}of{world}.json"
         start = time.perf_counter()
         metrics = evaluate_clean(
-            clf, dataset, shard(list(range(n)), rank, world), batch_size=cfg.batch_size, precision=cfg.precision,
-            device=device, num_workers=cfg.workers, partial_path=partial, partial_key=h, world=world,
+            clf, dataset, rank_share(dataset, range(n), rank, world), batch_size=cfg.batch_size,
+            precision=cfg.precision, device=device, num_workers=auto_workers(cfg.workers, suite.loader_workers),
+            partial_path=partial, partial_key=h, world=world,
             progress=cfg.progress and rank == 0, desc=spec.name,
         )
         wall = time.perf_counter() - start
