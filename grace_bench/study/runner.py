@@ -133,11 +133,11 @@ def geometry_entries(run: StudyRun) -> list[Entry]:
 
 def _geometry(run: StudyRun) -> None:
     """Every geometry job of the recipe through the library (``geometry.compute``: finished files are skipped)."""
-    from grace_bench.eval.run import resolve_device
     from grace_bench.geometry.api import compute
     from grace_bench.geometry.config import from_dict
     from grace_bench.geometry.registry import get_kind
     from grace_bench.models.checkpoints import load_checkpoint
+    from grace_bench.runtime import resolve_device
 
     device = resolve_device(run.device)
     configs = {}
