@@ -19,12 +19,15 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from grace_bench.errors import UserError
 
+MAIN_WAIT_TIMEOUT = timedelta(hours=24)
+_WAIT_GROUPS: dict[int, object] = {}  # id(default group) -> its gloo group for main_writes
 _TORCHRUN = "launch with torchrun (it sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT)"
 
 
@@ -108,6 +111,14 @@ def resolve_device(name: str = "auto", launch: Launch | None = None) -> torch.de
     return torch.device("cuda", launch.local_rank)
 
 
+def _wait_group():
+    """The gloo group (all ranks, long timeout) that ``main_writes`` waits on; made by every rank on first use."""
+    key = id(dist.group.WORLD)
+    if key not in _WAIT_GROUPS:
+        _WAIT_GROUPS[key] = dist.new_group(backend="gloo", timeout=MAIN_WAIT_TIMEOUT)
+    return _WAIT_GROUPS[key]
+
+
 def backend_for(device: torch.device) -> str:
     """The process-group backend of ``device``: NCCL for CUDA, gloo otherwise."""
     return "nccl" if device.type == "cuda" else "gloo"
@@ -162,10 +173,13 @@ class Runtime:
     def main_writes(self) -> Iterator[bool]:
         """``with rt.main_writes() as writer: if writer: ...``: rank 0 writes, then every rank waits for it.
 
-        If the block raises on rank 0 the barrier is skipped; torchrun then stops the other ranks.
+        The wait is a barrier on a gloo group with a ``MAIN_WAIT_TIMEOUT`` (rank 0 may work for hours, beyond
+        NCCL's 10-minute collective timeout). If the block raises on rank 0 the barrier is skipped; torchrun then
+        stops the other ranks.
         """
         yield self.is_main
-        self.barrier()
+        if self.enabled:
+            dist.barrier(group=_wait_group())
 
 
 def init_runtime(device: str = "auto", launch: Launch | None = None) -> Runtime:

@@ -204,11 +204,15 @@ def test_current_runtime_under_nccl_reduces_on_the_current_gpu(monkeypatch):
 
 def test_main_writes_lets_rank_zero_write_and_everyone_wait(monkeypatch):
     waits: list = []
-    monkeypatch.setattr(dist, "barrier", lambda *a, **k: waits.append(1))
+    groups: list = []
+    monkeypatch.setattr(dist, "new_group", lambda **kw: groups.append(kw) or f"gloo-group-{len(groups)}")
+    monkeypatch.setattr(dist, "barrier", lambda group=None, **k: waits.append(group))
     for rank in (0, 1):
-        with Runtime(rank=rank, world_size=2, backend="gloo").main_writes() as writer:
+        with Runtime(rank=rank, world_size=2, backend="nccl").main_writes() as writer:
             assert writer == (rank == 0)
-    assert len(waits) == 2
+    # the wait is on one gloo group with a long timeout, not on NCCL (10 min)
+    assert waits == ["gloo-group-1"] * 2 and len(groups) == 1 and groups[0]["backend"] == "gloo"
+    assert groups[0]["timeout"].total_seconds() >= 3600
     with Runtime().main_writes() as writer:  # one process: it writes, nothing to wait for
         assert writer
     assert len(waits) == 2
@@ -226,3 +230,37 @@ def test_geometry_under_torchrun_runs_on_rank_zero_only(env, monkeypatch, tmp_pa
     out = tmp_path / "geo"
     assert main(["geometry", "weights", "micro", "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
     assert not out.exists() or not any(out.iterdir())
+
+
+def _main_writes_worker(rank: int, port: int, folder: str) -> None:
+    import os
+    import time
+    from pathlib import Path
+
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        rt = init_runtime("cpu")
+        assert (rt.rank, rt.world_size, rt.backend) == (rank, 2, "gloo")
+        for step in range(2):
+            with rt.main_writes() as writer:
+                if writer:
+                    time.sleep(0.5)  # rank 1 must not run ahead of this write
+                    (Path(folder) / f"step{step}").write_text("done")
+            assert (Path(folder) / f"step{step}").read_text() == "done"
+        assert rt.sum_values([rank, 1]) == [1.0, 2.0]
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two gloo processes: a few seconds
+def test_main_writes_and_sums_with_two_real_gloo_processes(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_main_writes_worker, args=(port, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
