@@ -143,7 +143,12 @@ class Runtime:
         return self.rank == 0
 
     def barrier(self) -> None:
-        if self.enabled:
+        """Wait for every rank (under NCCL on this rank's GPU, so NCCL need not guess the device)."""
+        if not self.enabled:
+            return
+        if self.backend == "nccl" and self.device.type == "cuda" and self.device.index is not None:
+            dist.barrier(device_ids=[self.device.index])
+        else:
             dist.barrier()
 
     def collective_device(self) -> torch.device:

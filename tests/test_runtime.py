@@ -264,3 +264,12 @@ def test_main_writes_and_sums_with_two_real_gloo_processes(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.start_processes(_main_writes_worker, args=(port, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+
+
+def test_nccl_barrier_names_the_rank_gpu(monkeypatch):
+    seen: list = []
+    monkeypatch.setattr(dist, "barrier", lambda group=None, device_ids=None: seen.append(device_ids))
+    Runtime(rank=1, world_size=2, backend="nccl", device=torch.device("cuda", 1)).barrier()
+    Runtime(rank=1, world_size=2, backend="gloo").barrier()
+    Runtime().barrier()  # one process: no collective
+    assert seen == [[1], None]
