@@ -27,7 +27,7 @@ import torch.distributed as dist
 from grace_bench.errors import UserError
 
 MAIN_WAIT_TIMEOUT = timedelta(hours=24)
-_WAIT_GROUPS: dict[int, object] = {}  # id(default group) -> its gloo group for main_writes
+_WAIT_GROUP: list = [None, None]  # [the default group it belongs to, the gloo group main_writes waits on]
 _TORCHRUN = "launch with torchrun (it sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT)"
 
 
@@ -113,10 +113,10 @@ def resolve_device(name: str = "auto", launch: Launch | None = None) -> torch.de
 
 def _wait_group():
     """The gloo group (all ranks, long timeout) that ``main_writes`` waits on; made by every rank on first use."""
-    key = id(dist.group.WORLD)
-    if key not in _WAIT_GROUPS:
-        _WAIT_GROUPS[key] = dist.new_group(backend="gloo", timeout=MAIN_WAIT_TIMEOUT)
-    return _WAIT_GROUPS[key]
+    world = dist.group.WORLD
+    if _WAIT_GROUP[1] is None or _WAIT_GROUP[0] is not world:  # first use, or a new default group
+        _WAIT_GROUP[:] = [world, dist.new_group(backend="gloo", timeout=MAIN_WAIT_TIMEOUT)]
+    return _WAIT_GROUP[1]
 
 
 def backend_for(device: torch.device) -> str:

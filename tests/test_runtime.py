@@ -203,6 +203,9 @@ def test_current_runtime_under_nccl_reduces_on_the_current_gpu(monkeypatch):
 
 
 def test_main_writes_lets_rank_zero_write_and_everyone_wait(monkeypatch):
+    import grace_bench.runtime as runtime_mod
+
+    monkeypatch.setattr(runtime_mod, "_WAIT_GROUP", [None, None])
     waits: list = []
     groups: list = []
     monkeypatch.setattr(dist, "new_group", lambda **kw: groups.append(kw) or f"gloo-group-{len(groups)}")
