@@ -252,6 +252,7 @@ def _main_writes_worker(rank: int, port: int, folder: str) -> None:
                     (Path(folder) / f"step{step}").write_text("done")
             assert (Path(folder) / f"step{step}").read_text() == "done"
         assert rt.sum_values([rank, 1]) == [1.0, 2.0]
+        rt.barrier()  # nobody tears the groups down while a peer is still in a collective
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
