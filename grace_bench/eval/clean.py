@@ -14,8 +14,8 @@ from torch.utils.data import Dataset
 
 from grace_bench.data.wds_shards import shard_ends
 from grace_bench.eval.batching import iter_batches
-from grace_bench.eval.distributed import sum_across_ranks
 from grace_bench.eval.metrics import topk_correct
+from grace_bench.runtime import Runtime
 from grace_bench.utils.atomic import atomic_write_json
 
 PARTIAL_SCHEMA = "grace-bench/clean-partial/v1"
@@ -50,11 +50,13 @@ def evaluate_clean(
     num_workers: int = 0,
     partial_path: Path | None = None,
     partial_key: str = "",
-    world: int = 1,
+    runtime: Runtime | None = None,
     progress: bool = True,
     desc: str = "eval",
 ) -> dict[str, Any]:
-    """Top-1/top-5 counts over ``indices`` (this rank's shard), summed across ranks.
+    """Top-1/top-5 counts over ``indices`` (this rank's shard), summed across the ranks of ``runtime``.
+
+    ``runtime`` (default: one process) sums the counts on its backend's device (the rank's GPU under NCCL).
 
     Progress is saved to ``partial_path`` every few batches and whenever a webdataset shard is finished, so a
     killed run resumes at the last saved batch with identical numbers (the order is fixed, no randomness).
@@ -89,7 +91,9 @@ def evaluate_clean(
             atomic_write_json(partial_path, state)
             batches_since_save = 0
     bar.close()
-    n, top1, top5, fwd = sum_across_ranks([state["done"], state["top1"], state["top5"], state["forward_s"]], world)
+    runtime = runtime or Runtime(device=device)
+    world = runtime.world_size
+    n, top1, top5, fwd = runtime.sum_values([state["done"], state["top1"], state["top5"], state["forward_s"]])
     out: dict[str, Any] = {"n": int(n), "top1": top1 / n if n else 0.0, "correct": int(top1),
                            "forward_seconds": fwd / max(world, 1)}
     if num_classes >= 5:

@@ -1,37 +1,33 @@
-"""torchrun support for evaluation: shard indices by rank and sum counts across ranks."""
+"""Compatibility aliases for evaluation: the device and process-group logic lives in ``grace_bench.runtime``."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
+
+from grace_bench.runtime import current_runtime, init_runtime
 
 
-def init_from_env(device: torch.device) -> tuple[int, int]:
-    """Initialise the default process group when launched by torchrun; returns (rank, world size)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+def init_from_env(device: torch.device | str) -> tuple[int, int]:
+    """Join the process group when launched by torchrun; returns (rank, world size). Prefer ``init_runtime``."""
+    kind = torch.device(device).type
+    rt = init_runtime("cuda" if kind == "cuda" else str(device))  # each rank re-resolves cuda:LOCAL_RANK
+    return rt.rank, rt.world_size
 
 
-def shard(indices: list[int], rank: int, world: int) -> list[int]:
+def shard(indices: Sequence[int], rank: int, world: int) -> list[int]:
     """This rank's share of ``indices`` (strided, so every rank gets a near-equal part)."""
-    return indices[rank::world]
+    return list(indices[rank::world])
 
 
-def sum_across_ranks(values: list[float], world: int) -> list[float]:
-    """Element-wise sum over ranks (a no-op in a single process)."""
+def sum_across_ranks(values: Sequence[float], world: int, device: torch.device | str | None = None) -> list[float]:
+    """Element-wise sum over ranks, reduced on the backend's device (a no-op in a single process)."""
     if world <= 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
+        return [float(v) for v in values]
+    return current_runtime(device).sum_values(values)
 
 
 def barrier(world: int) -> None:
     if world > 1:
-        dist.barrier()
+        current_runtime().barrier()

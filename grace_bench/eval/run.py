@@ -14,8 +14,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from grace_bench.attacks.chunks import DEFAULT_CHUNK_SIZE
 from grace_bench.data.suites import DataContext, DatasetSpec
 from grace_bench.data.wds_shards import rank_share
@@ -24,7 +22,6 @@ from grace_bench.eval.batching import auto_workers
 from grace_bench.eval.clean import evaluate_clean
 from grace_bench.eval.config import EvalConfig
 from grace_bench.eval.context import classifier_for
-from grace_bench.eval.distributed import barrier, init_from_env
 from grace_bench.eval.labels import evaluated_as, identity_of, merged_identity
 from grace_bench.eval.plan import (  # noqa: F401 - read_text_list/default_suite_for are part of this module's API
     adv_indices_for,
@@ -38,19 +35,8 @@ from grace_bench.eval.store import ResultStore, package_versions
 from grace_bench.eval.summary import PROTOCOL_VERSION, build_summary, read_existing
 from grace_bench.models.clip_model import ClipModel
 from grace_bench.results.writer import write_record
+from grace_bench.runtime import Runtime, init_runtime, resolve_device  # noqa: F401 - resolve_device: API
 from grace_bench.utils.hashing import config_hash, text_list_hash
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"unknown device '{name}'; use auto, cpu or cuda[:N]") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return device
 
 
 def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
@@ -60,10 +46,10 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
     """
     from grace_bench.models.checkpoints import load_checkpoint
 
-    device = resolve_device(cfg.device)
+    runtime = init_runtime(cfg.device)  # under torchrun: cuda:LOCAL_RANK and the process group
+    device, rank, world = runtime.device, runtime.rank, runtime.world_size
     plan = plan_eval(cfg, clip)
     cfg = replace(cfg, checkpoint=plan.checkpoint)  # None: the suite's default model
-    rank, world = init_from_env(device)
     if clip is None:
         clip = load_checkpoint(cfg.checkpoint, base=cfg.base, trust_pickle=cfg.trust_pickle)
     clip.model.to(device).eval()
@@ -87,12 +73,12 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
     for spec, dataset in loaded:
         clf = classifier_for(clip, suite, spec, templates, classnames, device=device, progress=cfg.progress)
         current["clean", spec.name] = _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key,
-                                                    device, rank, world)
+                                                    runtime)
         if spec.name in adv_names:
             current["adversarial", spec.name] = _adversarial_result(
                 cfg, store, clip, suite, spec, dataset, clf, prompt_key, plan, adv_indices[spec.name], device, rank,
                 world)
-    barrier(world)
+    runtime.barrier()
 
     summary_path = store.summary_path(fp)
     with store.lock(summary_path, quiet=True) if rank == 0 else nullcontext():
@@ -125,7 +111,8 @@ def _load_dataset(spec: DatasetSpec, ctx: DataContext):
         raise
 
 
-def _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, device, rank, world) -> Path:
+def _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, runtime: Runtime) -> Path:
+    device, rank, world = runtime.device, runtime.rank, runtime.world_size
     n_total = len(dataset)
     n = n_total if cfg.limit is None else min(cfg.limit, n_total)
     config = {"protocol": PROTOCOL_VERSION, "suite": suite.name, "dataset": spec.name, "n": n,
@@ -142,9 +129,9 @@ def _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, devic
         partial = store.state_dir(fp, spec.name, "clean", h) / f"rank{rank}of{world}.json"
         start = time.perf_counter()
         metrics = evaluate_clean(
-            clf, dataset, rank_share(dataset, range(n), rank, world), batch_size=cfg.batch_size,
+            clf, dataset, rank_share(dataset, range(n), runtime.rank, runtime.world_size), batch_size=cfg.batch_size,
             precision=cfg.precision, device=device, num_workers=auto_workers(cfg.workers, suite.loader_workers),
-            partial_path=partial, partial_key=h, world=world,
+            partial_path=partial, partial_key=h, runtime=runtime,
             progress=cfg.progress and rank == 0, desc=spec.name,
         )
         wall = time.perf_counter() - start

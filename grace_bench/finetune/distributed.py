@@ -1,4 +1,7 @@
-"""torchrun / DDP helpers: process-group setup, DDP-style gradient averaging, sharding and gathers.
+"""DDP collectives for training: gradient averaging, gathers and batch sharding on top of ``grace_bench.runtime``.
+
+Device choice, process-group setup, launch checks and the summed all-reduce live in ``grace_bench.runtime``
+(under torchrun each rank trains on ``cuda:LOCAL_RANK`` with NCCL, or on the CPU with gloo).
 
 The trainer does not wrap the model in ``DistributedDataParallel``: methods run several forward and
 backward passes per step (PGD, AWP ascent, frozen-model views) that DDP's reducer cannot track, and
@@ -10,45 +13,35 @@ is exactly DDP's arithmetic: the mean over ranks of each rank's mean-loss gradie
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.distributed as dist
 
 from grace_bench.errors import UserError
+from grace_bench.runtime import Runtime, current_runtime, init_runtime
 
 BUCKET_NUMEL = 25_000_000  # ~100 MB of fp32 per all-reduce, like DDP's default bucket
 
 
 @dataclass
-class DistInfo:
-    """Rank and world size of this process (``world_size == 1`` and ``rank == 0`` without torchrun)."""
+class DistInfo(Runtime):
+    """A ``Runtime`` plus the training collectives (``world_size == 1`` and ``rank == 0`` without torchrun).
 
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    backend: str | None = None
+    Every tensor handed to these collectives is on this rank's device (the GPU under NCCL).
+    """
 
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
+    @classmethod
+    def of(cls, runtime: Runtime) -> DistInfo:
+        return cls(**{f.name: getattr(runtime, f.name) for f in fields(Runtime)})
 
     def all_reduce_mean_(self, tensors: Sequence[torch.Tensor]) -> None:
         """Average ``tensors`` in place over ranks (one flattened all-reduce per bucket)."""
         if not self.enabled or not tensors:
             return
         for bucket in _buckets(list(tensors)):
-            flat = torch.cat([t.reshape(-1).float() for t in bucket])
+            flat = torch.cat([t.reshape(-1).float() for t in bucket]).to(self.collective_device())
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             flat /= self.world_size
             offset = 0
@@ -56,13 +49,6 @@ class DistInfo:
                 n = t.numel()
                 t.copy_(flat[offset:offset + n].view_as(t))
                 offset += n
-
-    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A summed copy of ``tensor`` over ranks."""
-        out = tensor.detach().clone()
-        if self.enabled:
-            dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
 
     def average_gradients(self, params: Iterable[torch.nn.Parameter], extra: Sequence[torch.Tensor] = ()) -> None:
         """DDP-style gradient averaging of ``params`` (missing grads count as zero), plus ``extra`` scalars."""
@@ -123,31 +109,13 @@ def _buckets(tensors: list[torch.Tensor]) -> Iterable[list[torch.Tensor]]:
 def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
     """Join the process group when launched by torchrun (``WORLD_SIZE > 1``); pick this rank's device.
 
-    ``device``: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``. Under torchrun with
-    CUDA each rank uses ``cuda:LOCAL_RANK`` and NCCL; on CPU the backend is gloo.
+    ``device``: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or (one process) ``cuda:N``; see
+    ``grace_bench.runtime.init_runtime``.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device '{device}' requested but CUDA is not available; use --device cpu")
-    if world <= 1:
-        return DistInfo(), torch.device(device)
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.startswith("cuda"):
-        torch.cuda.set_device(local_rank)
-        dev, backend = torch.device("cuda", local_rank), "nccl"
-    else:
-        dev, backend = torch.device("cpu"), "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, backend=backend), dev
+    runtime = init_runtime(device)
+    return DistInfo.of(runtime), runtime.device
 
 
 def current_dist_info() -> DistInfo:
     """``DistInfo`` of an already-initialised process group (or the single-process default)."""
-    if dist.is_available() and dist.is_initialized():
-        return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                        local_rank=int(os.environ.get("LOCAL_RANK", "0")), backend=dist.get_backend())
-    return DistInfo()
+    return DistInfo.of(current_runtime())

@@ -5,6 +5,10 @@ the result complete) and ``OUT/geometry-<kind>-<fp12>.npz`` (arrays). A rerun wi
 skips finished work (the label, device, output folder and flag order do not count as settings); a
 file made with other settings is refused unless ``--force``. Landscape grids resume after a kill from
 ``OUT/.geometry-state/``.
+
+Under torchrun, geometry runs on rank 0 alone, on its ``cuda:LOCAL_RANK`` (``--device cuda``/``auto``); the
+other ranks return at once without joining a process group (so none waits on a collective timeout while rank 0
+works). Launch it as one process; the extra GPUs are not used.
 """
 
 from __future__ import annotations
@@ -56,11 +60,16 @@ def run_geometry(args: argparse.Namespace) -> int:
     flags = flag_names(kind.config)
     config.validate(lambda name: flags.get(name, name))
 
-    from grace_bench.eval.run import resolve_device
     from grace_bench.geometry.api import compute
     from grace_bench.models.checkpoints import load_checkpoint
+    from grace_bench.runtime import read_launch, resolve_device
 
-    device = resolve_device(args.device)
+    launch = read_launch()
+    device = resolve_device(args.device, launch)  # under torchrun: cuda:LOCAL_RANK, after every launch check
+    if launch.rank != 0:
+        return 0  # rank 0 computes; see the module docstring
+    if launch.distributed:
+        print(f"note: geometry runs on rank 0 only; the other {launch.world_size - 1} process(es) exited")
     clip = load_checkpoint(args.checkpoint, base=args.base, trust_pickle=args.trust_pickle, device=device)
     path, result = compute(kind.name, clip, config, args.out, ref=args.ref, label=args.label, force=args.force,
                            progress=not args.no_progress, trust_pickle=args.trust_pickle, names=_FLAG_NAMES)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from grace_bench.utils.atomic import atomic_write_json
 from grace_bench.utils.paths import check_writable_dir, ensure_writable_dir
 
 STAGES = ("pretrain", "finetune", "wise", "eval", "geometry", "report")
+# Under torchrun these run on rank 0 alone while the other ranks wait; finetune and eval run data-parallel.
+MAIN_ONLY_STAGES = ("pretrain", "wise", "geometry", "report")
 
 
 def check_recipe(work: Path, recipe: StudyRecipe) -> None:
@@ -45,25 +48,36 @@ def check_recipe(work: Path, recipe: StudyRecipe) -> None:
 
 
 def run_study(run: StudyRun, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
-    """Run ``stages`` of the study in order; returns the report record (also written to ``OUT/study.json``)."""
+    """Run ``stages`` of the study in order; returns the report record (also written to ``OUT/study.json``).
 
+    Under torchrun, fine-tuning and evaluation are data-parallel; the stages in ``MAIN_ONLY_STAGES`` and every
+    study file are rank 0's, while the other ranks wait (``Runtime.main_writes``) and return an empty record.
+    """
+    from grace_bench.runtime import init_runtime
+
+    runtime = init_runtime(run.device)  # joins the process group now, so only rank 0 writes the study's files
     check_writable_dir(run.out, "--out")  # a file or read-only folder fails before any stage runs
     ensure_writable_dir(run.work, "--work")
     total_times(run.work)  # a corrupt timings file fails now, not after the first stage's work
-    check_recipe(run.work, run.recipe)
+    with runtime.main_writes() as writer:
+        if writer:
+            check_recipe(run.work, run.recipe)
     steps: dict[str, Callable[[StudyRun], None]] = {
         "pretrain": _pretrain, "finetune": _finetune, "wise": _wise, "eval": _evaluate, "geometry": _geometry,
     }
     report: dict[str, Any] = {}
     for stage in stages:
         t0 = time.perf_counter()
-        run.log(f"== {stage}")
-        if stage == "report":
-            report = write_report(run)
-        else:
-            steps[stage](run)
+        if runtime.is_main:
+            run.log(f"== {stage}")
+        with runtime.main_writes() if stage in MAIN_ONLY_STAGES else nullcontext(True) as runs_here:
+            if runs_here and stage == "report":
+                report = write_report(run)
+            elif runs_here:
+                steps[stage](run)
         run.timings[stage] = round(time.perf_counter() - t0, 1)
-        accumulate_time(run.work, stage, run.timings[stage])
+        if runtime.is_main:
+            accumulate_time(run.work, stage, run.timings[stage])
     if report:  # the report was written before the report stage's own time was known: add the totals
         report["timings_total_s"] = total_times(run.work)
         atomic_write_json(run.out / "study.json", report)
@@ -133,11 +147,11 @@ def geometry_entries(run: StudyRun) -> list[Entry]:
 
 def _geometry(run: StudyRun) -> None:
     """Every geometry job of the recipe through the library (``geometry.compute``: finished files are skipped)."""
-    from grace_bench.eval.run import resolve_device
     from grace_bench.geometry.api import compute
     from grace_bench.geometry.config import from_dict
     from grace_bench.geometry.registry import get_kind
     from grace_bench.models.checkpoints import load_checkpoint
+    from grace_bench.runtime import resolve_device
 
     device = resolve_device(run.device)
     configs = {}

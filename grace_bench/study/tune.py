@@ -64,8 +64,8 @@ def validation_scores(run_dir: Path, recipe: StudyRecipe, device: str = "cpu") -
 
 def tune(recipe: StudyRecipe, work: Path, *, progress: bool = True, device: str = "auto") -> dict[str, Any]:
     """Run the lr grid of every trainable method (first seed); return and write ``WORK/tuning.json``."""
-    from grace_bench.eval.run import resolve_device
     from grace_bench.finetune.trainer import train
+    from grace_bench.runtime import resolve_device
 
     seed = recipe.seeds[0]
     specs = [s for s in recipe.specs() if s.trains and s.lr_from is None]  # ablations reuse GRACE's lr
