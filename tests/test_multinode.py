@@ -98,3 +98,40 @@ def test_two_node_launch_equals_single_process(tmp_path):
     for name in a:
         assert _numbers(b[name]) == _numbers(a[name]), name
         assert _numbers(a[name]), name  # the comparison is not vacuous
+
+
+def _documented_commands() -> list[str]:
+    """Every torchrun / Slurm command shown in the script's header and in the multi-node docs, one line each."""
+    lines = []
+    docs = [REPO / "docs" / name for name in ("scale-out-multinode.md", "scale-out.md", "multinode.md")]
+    for path in (SCRIPT, *(d for d in docs if d.is_file())):
+        text = path.read_text()
+        if path == SCRIPT:  # the usage examples are comments
+            text = "\n".join(line[1:].strip() for line in text.splitlines() if line.startswith("#"))
+        text = re.sub(r"\\\n\s*#?\s*", " ", text)  # join continuation lines
+        for line in text.splitlines():
+            if re.match(r"\s*(torchrun|sbatch) ", line) and ("-m grace_bench" in line or "slurm_torchrun" in line):
+                lines.append(line.strip())
+    return lines
+
+
+def test_documented_launch_commands_parse():
+    """The examples users copy parse with torchrun's and grace-bench's own parsers (no unknown flag)."""
+    import shlex
+
+    from torch.distributed.run import get_args_parser
+
+    from grace_bench.cli import build_parser
+
+    commands = _documented_commands()
+    assert len(commands) >= 5, commands
+    for command in commands:
+        words = shlex.split(command)
+        if "-m" in words and "grace_bench" in words:
+            cut = words.index("-m")
+            get_args_parser().parse_args([*words[1:cut], "-m", "grace_bench"])  # exits on an unknown flag
+            argv = words[cut + 2:]
+        else:
+            argv = words[words.index(next(w for w in words if w.endswith("slurm_torchrun.sh"))) + 1:]
+        assert argv[0] in ("eval", "finetune"), command
+        build_parser().parse_args(argv)
