@@ -142,7 +142,8 @@ def write_val_tree(root: Path, n: int, size: int) -> list[tuple[str, int, bytes]
 
 def write_wds_shards(root: Path, samples: list[tuple[str, int, bytes]], classnames: list[str],
                      templates: list[str], per_shard: int) -> Path:
-    """CLIP_benchmark's layout: ``wds_imagenet1k/test/{i}.tar`` (keys ``jpg``, ``cls``) and its text files."""
+    """CLIP_benchmark's layout: ``wds_imagenet1k/test/{i}.tar`` (samples ``s%07d`` with ``jpg`` and ``cls``),
+    ``test/nshards.txt``, ``classnames.txt`` and ``zeroshot_classification_templates.txt``."""
     import webdataset as wds
 
     base = root / "wds_imagenet1k"
@@ -150,8 +151,8 @@ def write_wds_shards(root: Path, samples: list[tuple[str, int, bytes]], classnam
     shards = 0
     for shards, start in enumerate(range(0, len(samples), per_shard), start=1):
         with wds.TarWriter(str(base / "test" / f"{shards - 1}.tar")) as sink:
-            for key, label, jpeg in samples[start:start + per_shard]:
-                sink.write({"__key__": key, "jpg": jpeg, "cls": label})
+            for i, (_, label, jpeg) in enumerate(samples[start:start + per_shard], start=start):
+                sink.write({"__key__": f"s{i:07d}", "jpg": jpeg, "cls": label})
     (base / "test" / "nshards.txt").write_text(f"{shards}\n")
     (base / "classnames.txt").write_text("\n".join(classnames) + "\n")
     (base / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
