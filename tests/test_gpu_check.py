@@ -36,6 +36,9 @@ def test_gpu_check_smoke_reports_every_row(tmp_path):
     e2e = rows["eval_e2e_jpeg"]
     assert e2e["n"] == report["environment"]["sizes"]["n_images"] and e2e["n_adv"] == 4
     assert e2e["attack"].startswith("apgd-ce")
+    assert e2e["top1"] > 0  # files outside the attack subset carry the model's own predictions
+    if rows["eval_e2e_shards"]["status"] == "ok":  # the same images as shards give the same accuracy
+        assert rows["eval_e2e_shards"]["n"] == e2e["n"] and rows["eval_e2e_shards"]["same_top1_as_jpeg"] is True
     for name in ("eval_fp32", "eval_bf16"):
         assert rows[name]["bare_images_per_s"] > 0 and rows[name]["harness_images_per_s"] > 0
     assert rows["apgd_ce"]["image_iterations_per_s"] > 0
