@@ -158,10 +158,10 @@ def write_val_tree(root: Path, jpegs: list[bytes], n_adv: int, predicted: list[i
     from grace_bench.data import imagenet_meta as meta
 
     adv = [sid.rsplit("/", 1)[-1] for sid in meta.robustbench_imagenet_ids()[:n_adv]]
-    free: dict[int, list[str]] = {}
+    taken, free = set(adv), {}
     for i in range(50_000, 0, -1):
         name = f"ILSVRC2012_val_{i:08d}.JPEG"
-        if name not in adv:
+        if name not in taken:
             free.setdefault(int(val_image_to_1k_label(name)), []).append(name)
     folder = root / "imagenet" / "val"
     folder.mkdir(parents=True)
@@ -198,11 +198,9 @@ def write_wds_shards(root: Path, samples: list[tuple[str, int, bytes]], classnam
 
 def webdataset_reader_present() -> bool:
     """Whether this grace-bench reads webdataset shards (a data module named for them)."""
-    data = Path(__file__).resolve().parents[1] / "grace_bench" / "data"
     import grace_bench.data as pkg
 
-    folders = {data, *(Path(p) for p in getattr(pkg, "__path__", []))}
-    return any(("wds" in f.stem or "webdataset" in f.stem) for d in folders if d.is_dir() for f in d.glob("*.py"))
+    return any("wds" in f.stem or "webdataset" in f.stem for d in pkg.__path__ for f in Path(d).glob("*.py"))
 
 
 # ---- rows ----------------------------------------------------------------------------------------------------
