@@ -208,7 +208,8 @@ def _attack(cfg, store, clip, suite, spec, dataset, clf, plan, indices, config, 
         clf, dataset, attack=plan.attack, eps=plan.eps, norm=cfg.norm, n=plan.n_adv,
         batch_size=cfg.adv_batch_size, chunk_size=DEFAULT_CHUNK_SIZE,
         state_dir=store.state_dir(fp, spec.name, "adversarial", h), seed=cfg.seed, indices=indices,
-        progress=cfg.progress and rank == 0, num_workers=cfg.workers, rank=rank, world=world,
+        progress=cfg.progress and rank == 0, num_workers=auto_workers(cfg.workers, suite.loader_workers),
+        rank=rank, world=world,
     )
     wall = time.perf_counter() - start
     return {
