@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# GRACE.md, Table 6 (ViT-B/32, ImageNet; %), and the paper's geometric claims.
+# docs/grace.md, Table 6 (ViT-B/32, ImageNet; %), and the paper's geometric claims.
 PAPER_TABLE6 = {
     "zero-shot": {"id": 63.35, "ood_avg": 57.44, "adv": 8.82, "hm": 20.46},
     "ft": {"id": 74.86, "ood_avg": 56.59, "adv": 8.95, "hm": 21.01},

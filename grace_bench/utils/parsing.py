@@ -43,12 +43,3 @@ def parse_number(value: Any) -> float:
             raise ValueError(value)
         return float(num) / denominator
     return float(text)
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        s = value.strip()
-        if "/" in s:
-            num, _, den = s.partition("/")
-            return float(num) / float(den)
-        return float(s)
-    raise ValueError(value)

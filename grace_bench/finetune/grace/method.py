@@ -1,6 +1,6 @@
 """``--method grace``: L = L_task + lambda_LAR * L_LAR-AWP + lambda_GV * L_GV on a LoRA-adapted vision tower.
 
-Per step (see ``../shared/docs/GRACE.md``):
+Per step (see ``docs/grace.md``):
   1. x_adv: PGD (l-inf, 4/255, step 1/255, 10 steps, random start) on the current unperturbed model;
   2. (curriculum ablations) every ``curv_interval`` steps, and always at refresh steps, measure per-layer
      curvature on the first ``curv_batch_size`` clean images and fold it into the EMA; at step 0 and every
@@ -41,7 +41,7 @@ RANKS_FILE = "lar_awp_ranks.json"
 ABLATIONS: tuple[str, ...] = ("lora-ft", "gv", "awp-uniform", "awp-curriculum", "full")
 GV_STOP_GRAD = ("none", "clean", "adv", "awp")
 PAPER = "Chopra et al. CVPR 2026 (GRACE)"
-OURS = "ours (not stated in the paper; GRACE.md)"
+OURS = "ours (not stated in the paper; docs/grace.md)"
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class GraceMethod(Method):
     towers: ClassVar[tuple[str, ...]] = ("vision",)
     template_kind: ClassVar[str] = "single"
     defaults: ClassVar[dict[str, Hyper]] = {
-        "ablation": Hyper("full", "GRACE.md (Table 8 rows)", "lora-ft | gv | awp-uniform | awp-curriculum | full"),
+        "ablation": Hyper("full", "docs/grace.md (Table 8 rows)", "lora-ft | gv | awp-uniform | awp-curriculum | full"),
         "task_templates": Hyper("single", OURS + "; as TeCoA/FARE/PMG-AFT",
                                 "training head prompts: 'single' ('This is a photo of a {}') or 'suite'"),
         "eps": Hyper(4 / 255, PAPER, "PGD l-inf radius for x_adv (pixels in [0, 1])"),
@@ -86,7 +86,7 @@ class GraceMethod(Method):
         "lambda_gv": Hyper(1.0, OURS, "weight of the Gram-volume loss"),
         "gv_eps": Hyper(DEFAULT_GV_EPS, OURS, "eps added to the Gram matrix diagonal"),
         "gv_tiny": Hyper(DEFAULT_GV_TINY, OURS, "tiny in sqrt(|det| + tiny)"),
-        "gv_stop_grad": Hyper("none", "GRACE.md (no stop-gradient by default)",
+        "gv_stop_grad": Hyper("none", "docs/grace.md (no stop-gradient by default)",
                               "detach one GV view: none | clean | adv | awp"),
         "awp_max_rank": Hyper(4, PAPER, "maximum rank of each layer's AWP branch"),
         "awp_rho": Hyper(5e-3, OURS + "; AWP's gamma", "radius: ||dW||_F <= rho*||W0||_F (relative) or rho"),
@@ -114,7 +114,7 @@ class GraceMethod(Method):
         "lr": Hyper(2e-4, PAPER),
         "weight_decay": Hyper(0.1, OURS + "; AdamW"),
         "batch_size": Hyper(256, PAPER),
-        "epochs": Hyper(10.0, "ours: the paper's 50 epochs are doubtful (GRACE.md); 10 as the baselines"),
+        "epochs": Hyper(10.0, "ours: the paper's 50 epochs are doubtful (docs/grace.md); 10 as the baselines"),
         "warmup_steps": Hyper(500, OURS + "; cosine decay with linear warmup"),
         "lora_rank": Hyper(64, PAPER + "; LoRA alpha = 2*rank"),
     }

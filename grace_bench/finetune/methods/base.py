@@ -291,12 +291,3 @@ def coerce_like(default: Any, value: Any, key: str) -> Any:
     else:
         return value
     raise UserError(f"{key}: cannot use {value!r}; expected a {type(default).__name__} like {default!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        s = value.strip()
-        if "/" in s:
-            num, _, den = s.partition("/")
-            return float(num) / float(den)
-        return float(s)
-    raise ValueError(value)
