@@ -5,8 +5,7 @@ Names are imported lazily, so tables and figures that only need ``naming`` or ``
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from grace_bench.utils.lazy import lazy_getattr
 
 _EXPORTS = {
     "Attack": "loop",
@@ -37,8 +36,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'grace_bench.attacks' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"grace_bench.attacks.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_getattr("grace_bench.attacks", _EXPORTS)

@@ -14,8 +14,7 @@ does not load torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from grace_bench.utils.lazy import lazy_getattr
 
 _EXPORTS = {
     "BlockOperator": "operators",
@@ -75,8 +74,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'grace_bench.geometry' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"grace_bench.geometry.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_getattr("grace_bench.geometry", _EXPORTS)

@@ -8,8 +8,7 @@ load matplotlib or seaborn.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from grace_bench.utils.lazy import lazy_getattr
 
 _EXPORTS = {
     "draw": "api",
@@ -37,8 +36,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'grace_bench.plots' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"grace_bench.plots.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_getattr("grace_bench.plots", _EXPORTS)
