@@ -18,10 +18,11 @@ __all__ = ["DEFAULT_SUITE", "SUITES", "DataContext", "DatasetSpec", "Role", "Sui
 DEFAULT_SUITE = "micro"  # what runs when neither a suite nor a checkpoint is named
 
 # name -> a factory returning the Suite (called on every get: a suite may read the environment).
-SUITES: Registry[Callable[[], Suite]] = Registry("suite", {
+BUILTIN_SUITES = {
     "micro": "grace_bench.data.micro:micro_suite",
     "imagenet": "grace_bench.data.imagenet:build_imagenet_suite",
-})
+}
+SUITES: Registry[Callable[[], Suite]] = Registry("suite", BUILTIN_SUITES)
 
 
 def register_suite(name: str, factory: Callable[[], Suite]) -> None:
@@ -64,12 +65,11 @@ def default_checkpoint_for(suite_name: str | None) -> str:
     return suite.default_checkpoint
 
 
-def suite_defaults_markdown() -> str:
-    """A Markdown table of every suite's fine-tuning defaults and their sources (for the README)."""
+def suite_defaults_markdown(names: list[str] | None = None) -> str:
+    """A Markdown table of the suites' fine-tuning defaults and their sources (default: the built-in suites,
+    as documented in docs/methods.md; suites registered at run time are not part of the docs)."""
     rows = ["| suite | setting | default | source |", "|---|---|---|---|"]
-    for name in list_suites():
-        if name.startswith("_"):
-            continue
+    for name in names if names is not None else sorted(BUILTIN_SUITES):
         defaults = get_suite(name).training_defaults()
         if defaults is None:
             rows.append(f"| {name} | (all) | method paper defaults | the method table |")
