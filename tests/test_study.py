@@ -98,3 +98,14 @@ def test_compare_quick_end_to_end_and_resume(tmp_path, capsys):
     assert model.stat().st_mtime_ns == before
     again = json.loads((out / "study.json").read_text())
     assert again["entries"] == study["entries"] and again["geometry"] == study["geometry"]
+
+
+def test_recorded_command_keeps_global_options_in_place():
+    """``grace-bench --threads 2 compare`` is recorded as given, not with a second ``compare``."""
+    import argparse
+
+    from grace_bench.study.cli import _argv
+
+    assert _argv(argparse.Namespace(argv=["--threads", "2", "compare", "--quick"])) == [
+        "--threads", "2", "compare", "--quick"]
+    assert _argv(argparse.Namespace(argv=["--quick"])) == ["compare", "--quick"]

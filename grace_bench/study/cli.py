@@ -79,5 +79,6 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
+    """The command line as given (global options such as ``--threads`` may come before ``compare``)."""
     argv = list(getattr(args, "argv", None) or sys.argv[1:])
-    return argv if argv and argv[0] == "compare" else ["compare", *argv]
+    return argv if "compare" in argv else ["compare", *argv]
