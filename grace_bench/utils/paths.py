@@ -54,20 +54,11 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     Raises a one-line ``UserError`` naming ``what`` when the path is a file, cannot be created, or
     is read-only.
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{what} {path} is a file, not a folder; give a folder path")
+    path = check_writable_dir(path, what)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {what} folder {path} ({exc.strerror}); choose a writable location") from None
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=path)
-    except OSError as exc:
-        raise UserError(f"{what} folder {path} is not writable ({exc.strerror}); fix its permissions or choose "
-                        "another folder") from None
-    os.close(fd)
-    os.unlink(probe)
     return path
 
 
