@@ -22,7 +22,10 @@ from torch.utils.data import Dataset
 from grace_bench.data.training_defaults import TrainingDefaults
 from grace_bench.errors import UserError
 
-Role = Literal["id", "ood", "nat-adv"]
+Role = Literal["id", "ood", "nat-adv", "zero-shot"]
+# (classnames, templates) of one dataset, given the context (a user's files in the dataset folder may override
+# the shipped lists); a dataset without one uses its suite's.
+PromptSource = Callable[["DataContext"], tuple[Sequence[str], Sequence[str]]]
 DEFAULT_ATTACK = "apgd-ce[restarts=1]"
 DEFAULT_EPS = "4/255"
 
@@ -53,6 +56,8 @@ class DatasetSpec:
     class_subset: Sequence[int] | None = None
     optional: bool = False
     description: str = ""
+    prompts: PromptSource | None = None  # per-dataset class names and templates (zero-shot suites)
+    attacked: bool = False  # the adversarial protocol runs on this dataset too (zero-shot suites attack every one)
 
     def load(self, ctx: DataContext) -> Dataset:
         return self.loader(ctx)
