@@ -17,9 +17,8 @@ from grace_bench.data import imagenet_meta as meta
 from grace_bench.data.wds_shards import (
     ShardedImageDataset,
     ShardSample,
-    index_shard,
     read_lines,
-    shard_paths,
+    read_shards,
 )
 from grace_bench.errors import UserError
 
@@ -87,8 +86,7 @@ def _sample_ids(name: str, samples: Sequence[ShardSample], labels: Sequence[int]
 
 def load_wds_dataset(name: str, folder: Path, transform) -> ShardedImageDataset:
     """Dataset ``name`` of the ImageNet family from the CLIP_benchmark shard folder ``folder``."""
-    shards = shard_paths(folder, name)
-    samples = [s for number, path in enumerate(shards) for s in index_shard(path, number, name)]
+    shards, samples = read_shards(folder, name)
     labels, subset, classes = _labels(name, folder, [s.cls for s in samples])
     return ShardedImageDataset(
         name=name, root=folder, shards=shards, samples=samples, labels=labels,

@@ -1,7 +1,7 @@
 """The registry of evaluation suites by name (a new suite is one line in ``SUITES``).
 
-Suite definitions live in their own modules (``micro``, ``imagenet``) and never import this one; the types
-are in ``grace_bench.data.suite_spec`` and re-exported here.
+Suite definitions live in their own modules (``micro``, ``imagenet``, ``zero_shot``) and never import this one; the
+types are in ``grace_bench.data.suite_spec`` and re-exported here.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ DEFAULT_SUITE = "micro"  # what runs when neither a suite nor a checkpoint is na
 BUILTIN_SUITES = {
     "micro": "grace_bench.data.micro:micro_suite",
     "imagenet": "grace_bench.data.imagenet:build_imagenet_suite",
+    "zeroshot": "grace_bench.data.zero_shot.suite:build_zero_shot_suite",
 }
 SUITES: Registry[Callable[[], Suite]] = Registry("suite", BUILTIN_SUITES)
 

@@ -62,9 +62,10 @@ def is_wds_folder(path: Path) -> bool:
     return (path / SPLIT / "nshards.txt").is_file()
 
 
-def shard_paths(folder: Path, name: str) -> list[Path]:
-    """The shard files named by ``test/nshards.txt``; a one-line ``UserError`` if the count or a shard is bad."""
-    fix = f"re-download {folder.name} (CLIP_benchmark webdataset layout) or pass --data-layout folders"
+def shard_paths(folder: Path, name: str, fix: str | None = None) -> list[Path]:
+    """The shard files named by ``test/nshards.txt``; a one-line ``UserError`` (ending in ``fix``) if the count or a
+    shard is bad."""
+    fix = fix or f"re-download {folder.name} (CLIP_benchmark webdataset layout) or pass --data-layout folders"
     count_file = folder / SPLIT / "nshards.txt"
     if not count_file.is_file():
         raise UserError(f"{name}: {folder} has no {SPLIT}/nshards.txt, so it is not a webdataset folder; {fix}")
@@ -139,6 +140,12 @@ def index_shard(shard: Path, number: int, name: str, use_cache: bool = True) -> 
         rows = [[s.key, s.ext, s.offset, s.size, s.cls] for s in samples]
         atomic_write_json(cache, {"schema": INDEX_SCHEMA, "shard": str(shard), "samples": rows})
     return samples
+
+
+def read_shards(folder: Path, name: str, fix: str | None = None) -> tuple[list[Path], list[ShardSample]]:
+    """The shard files of ``folder`` and all their samples in dataset order (shard by shard, tar order)."""
+    shards = shard_paths(folder, name, fix)
+    return shards, [s for number, path in enumerate(shards) for s in index_shard(path, number, name)]
 
 
 def read_lines(path: Path) -> list[str]:
