@@ -220,3 +220,23 @@ def test_a_python2_cifar_pickle_is_read_like_torchvisions_latin1_load(tmp_path):
     assert (pickle.loads(blob, encoding="latin1")["data"] == data).all()  # the blob is what torchvision would read
     batch = load_array_pickle(path, "fix it")
     assert (batch["data"] == data).all() and batch["labels"] == [1, 7]
+
+
+@pytest.mark.parametrize("dataset,meta", [("cifar100", "cifar-100-python/meta"),
+                                          ("food101", "food-101/meta/classes.txt"),
+                                          ("stl10", "stl10_binary/class_names.txt")])
+def test_shipped_names_out_of_the_datas_order_are_refused_unless_overridden(tmp_path, dataset, meta):
+    root = make_zero_shot_root(tmp_path, "folders", [dataset])
+    assert len(load_zero_shot(dataset, _ctx(root))) == 6  # the data's own list agrees with the shipped one
+    names = [n.replace(" ", "_") for n in shipped_classnames(dataset)]
+    names[0], names[1] = names[1], names[0]
+    if meta.endswith("meta"):
+        (root / meta).write_bytes(pickle.dumps({b"fine_label_names": [n.encode() for n in names]}, protocol=2))
+    else:
+        (root / meta).write_text("\n".join(names) + "\n")
+    with pytest.raises(UserError, match="classnames.txt") as err:
+        load_zero_shot(dataset, _ctx(root))
+    assert "\n" not in str(err.value)
+    folder = (root / meta).parent if dataset != "food101" else root / "food-101"
+    (folder / "classnames.txt").write_text("\n".join(names) + "\n")
+    assert load_zero_shot(dataset, _ctx(root)).classes == tuple(names)

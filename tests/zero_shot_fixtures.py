@@ -64,11 +64,16 @@ def write_shards(folder: Path, samples: Sequence[tuple[int, np.ndarray]], image_
 
 
 def _cifar(root: Path, dataset: str, samples, binary: bool) -> None:
+    from grace_bench.data.zero_shot.prompts import shipped_classnames
+
     data = np.stack([a.transpose(2, 0, 1).reshape(-1) for _, _, a in samples]).astype(np.uint8)
     labels = [lab for lab, _, _ in samples]
+    names = [n.replace(" ", "_") for n in shipped_classnames(dataset)]  # CIFAR's meta files spell them so
     if binary:
         folder = root / ("cifar-10-batches-bin" if dataset == "cifar10" else "cifar-100-binary")
         folder.mkdir(parents=True)
+        meta = "batches.meta.txt" if dataset == "cifar10" else "fine_label_names.txt"
+        (folder / meta).write_text("\n".join(names) + "\n")
         prefix = [[lab] if dataset == "cifar10" else [0, lab] for lab in labels]
         rows = np.concatenate([np.array(prefix, dtype=np.uint8), data], axis=1)
         rows.tofile(folder / ("test_batch.bin" if dataset == "cifar10" else "test.bin"))
@@ -79,11 +84,16 @@ def _cifar(root: Path, dataset: str, samples, binary: bool) -> None:
     batch = {b"batch_label": b"testing batch 1 of 1", key.encode(): labels, b"data": data,
              b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))]}
     (folder / ("test_batch" if dataset == "cifar10" else "test")).write_bytes(pickle.dumps(batch, protocol=2))
+    meta, meta_key = ("batches.meta", b"label_names") if dataset == "cifar10" else ("meta", b"fine_label_names")
+    (folder / meta).write_bytes(pickle.dumps({meta_key: [n.encode() for n in names]}, protocol=2))
 
 
 def _stl10(root: Path, samples) -> None:
+    from grace_bench.data.zero_shot.prompts import shipped_classnames
+
     folder = root / "stl10_binary"
     folder.mkdir(parents=True)
+    (folder / "class_names.txt").write_text("\n".join(shipped_classnames("stl10")) + "\n")
     np.stack([a.transpose(2, 1, 0) for _, _, a in samples]).astype(np.uint8).tofile(folder / "test_X.bin")
     np.array([lab + 1 for lab, _, _ in samples], dtype=np.uint8).tofile(folder / "test_y.bin")
 

@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 from grace_bench.data.suite_spec import DataContext
 from grace_bench.data.zero_shot import arrays, file_lists
 from grace_bench.data.zero_shot.locate import Location, locate, transform_for
+from grace_bench.data.zero_shot.name_check import check_shipped_names
 from grace_bench.data.zero_shot.prompts import Prompts, dataset_prompts
 from grace_bench.data.zero_shot.wds import load_shards
 
@@ -67,7 +68,9 @@ def load_zero_shot(key: str, ctx: DataContext) -> Dataset:
         dataset.classes = zero_shot_prompts(key, ctx).classnames
         return dataset
     location = locate(key, ctx)
-    classnames = prompts_at(key, location).classnames
+    prompts = prompts_at(key, location)
     if location.layout == "wds":
-        return load_shards(key, location.path, classnames, transform)
-    return FOLDER_READERS[key](key, Path(location.path), classnames, transform)
+        return load_shards(key, location.path, prompts.classnames, transform)
+    if prompts.classnames_source == "shipped":
+        check_shipped_names(key, location.path, prompts.classnames)
+    return FOLDER_READERS[key](key, Path(location.path), prompts.classnames, transform)
