@@ -131,7 +131,7 @@ def test_a_missing_dataset_names_both_layouts_only_when_loaded(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and "wds_vtab-pets" in msg and "oxford-iiit-pet" in msg
     with pytest.raises(UserError, match="only from CLIP_benchmark's webdataset layout"):
-        load_zero_shot("cars", _ctx(tmp_path, "folders"))
+        load_zero_shot("sun397", _ctx(tmp_path, "folders"))
 
 
 def _damage(folder, damage: str) -> None:
@@ -224,7 +224,8 @@ def test_a_python2_cifar_pickle_is_read_like_torchvisions_latin1_load(tmp_path):
 
 @pytest.mark.parametrize("dataset,meta", [("cifar100", "cifar-100-python/meta"),
                                           ("food101", "food-101/meta/classes.txt"),
-                                          ("stl10", "stl10_binary/class_names.txt")])
+                                          ("stl10", "stl10_binary/class_names.txt"),
+                                          ("fgvc_aircraft", "fgvc-aircraft-2013b/data/variants.txt")])
 def test_shipped_names_out_of_the_datas_order_are_refused_unless_overridden(tmp_path, dataset, meta):
     root = make_zero_shot_root(tmp_path, "folders", [dataset])
     assert len(load_zero_shot(dataset, _ctx(root))) == 6  # the data's own list agrees with the shipped one
@@ -237,6 +238,6 @@ def test_shipped_names_out_of_the_datas_order_are_refused_unless_overridden(tmp_
     with pytest.raises(UserError, match="classnames.txt") as err:
         load_zero_shot(dataset, _ctx(root))
     assert "\n" not in str(err.value)
-    folder = (root / meta).parent if dataset != "food101" else root / "food-101"
+    folder = root / meta.split("/")[0]
     (folder / "classnames.txt").write_text("\n".join(names) + "\n")
     assert load_zero_shot(dataset, _ctx(root)).classes == tuple(names)

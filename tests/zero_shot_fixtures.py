@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 FOLDER_DATASETS = ("cifar10", "cifar100", "stl10", "pets", "flowers102", "dtd", "food101", "eurosat",
-                   "tinyimagenet")
+                   "fgvc_aircraft", "cars", "tinyimagenet")
 SIDE = {"cifar10": 32, "cifar100": 32, "stl10": 96}
 PER_SHARD = 3
 EUROSAT_FOLDERS = ("AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
@@ -149,6 +149,30 @@ def _files(root: Path, dataset: str, samples) -> None:
             (data / n).mkdir(parents=True)
         for lab, k, a in samples:
             (data / EUROSAT_FOLDERS[lab] / f"{EUROSAT_FOLDERS[lab]}_{k + 1}.jpg").write_bytes(png_bytes(a))
+    elif dataset == "fgvc_aircraft":
+        data = root / "fgvc-aircraft-2013b" / "data"
+        (data / "images").mkdir(parents=True)
+        names = shipped_classnames("fgvc_aircraft")
+        (data / "variants.txt").write_text("\n".join(names) + "\n")
+        lines = []
+        for i, (lab, _, a) in enumerate(samples):
+            (data / "images" / f"{1000000 + i}.jpg").write_bytes(png_bytes(a))
+            lines.append(f"{1000000 + i} {names[lab]}")
+        (data / "images_variant_test.txt").write_text("\n".join(lines) + "\n")
+    elif dataset == "cars":
+        from scipy.io import savemat
+
+        folder = root / "stanford_cars"
+        (folder / "cars_test").mkdir(parents=True)
+        (folder / "devkit").mkdir()
+        names = np.empty((1, 196), dtype=object)
+        names[0, :] = list(shipped_classnames("cars"))
+        savemat(folder / "devkit" / "cars_meta.mat", {"class_names": names})
+        records = np.zeros((1, len(samples)), dtype=[("fname", object), ("class", object)])
+        for i, (lab, _, a) in enumerate(samples):
+            (folder / "cars_test" / f"{i + 1:05d}.jpg").write_bytes(png_bytes(a))
+            records[0, i] = (f"{i + 1:05d}.jpg", np.uint8(lab + 1))
+        savemat(folder / "cars_test_annos_withlabels.mat", {"annotations": records})
     elif dataset == "tinyimagenet":
         folder = root / "tiny-imagenet-200"
         (folder / "val" / "images").mkdir(parents=True)

@@ -1,9 +1,11 @@
-"""Datasets stored as image files in torchvision's layouts: Pets, Flowers-102, DTD, Food-101, EuroSAT, Tiny-ImageNet.
+"""Datasets stored as image files in torchvision's layouts: Pets, Flowers-102, DTD, Food-101, EuroSAT,
+FGVC-Aircraft, Stanford Cars and Tiny-ImageNet.
 
 Each reader takes the folder torchvision reads (``oxford-iiit-pet``, ``flowers-102``, ``dtd``, ``food-101``,
-``eurosat``, ``tiny-imagenet-200``), builds (file, label) pairs from the dataset's own split lists (its test split;
-EuroSAT has none, so all its images, as torchvision gives them) and returns an ``ImageFolderDataset`` (bad image
-files are skipped and counted, see ``grace_bench.data.image_folders``). Nothing is downloaded.
+``eurosat``, ``fgvc-aircraft-2013b``, ``stanford_cars``, ``tiny-imagenet-200``), builds (file, label) pairs from
+the dataset's own split lists (its test split; EuroSAT has none, so all its images, as torchvision gives them) and
+returns an ``ImageFolderDataset`` (bad image files are skipped and counted, see ``grace_bench.data.image_folders``).
+Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -139,4 +141,35 @@ def load_tinyimagenet(key: str, folder: Path, classnames: Sequence[str], transfo
             raise UserError(f"{key}: {folder / 'val' / 'val_annotations.txt'} has line '{line[:60]}', not "
                             f"'<file> <wnid from wnids.txt> ...'; {fix}")
         pairs.append((folder / "val" / "images" / parts[0], index[parts[1]]))
+    return _dataset(key, folder, pairs, classnames, transform, fix, folder)
+
+
+def load_fgvc_aircraft(key: str, folder: Path, classnames: Sequence[str], transform) -> ImageFolderDataset:
+    """``data/variants.txt`` (label order) and ``data/images_variant_test.txt`` lines ``<image id> <variant>``;
+    images ``data/images/<id>.jpg`` (whole images, banner kept, as torchvision reads them)."""
+    data = folder / "data"
+    fix = f"re-extract fgvc-aircraft-2013b.tar.gz so that {data} exists (see {DOCS})"
+    index = {v: i for i, v in enumerate(read_lines(_need(key, data / "variants.txt", fix)))}
+    pairs = []
+    for line in read_lines(_need(key, data / "images_variant_test.txt", fix)):
+        image, _, variant = line.partition(" ")
+        if variant not in index:
+            raise UserError(f"{key}: {data / 'images_variant_test.txt'} has line '{line[:60]}', whose variant is not "
+                            f"in variants.txt; {fix}")
+        pairs.append((data / "images" / f"{image}.jpg", index[variant]))
+    return _dataset(key, folder, pairs, classnames, transform, fix, folder)
+
+
+def load_cars(key: str, folder: Path, classnames: Sequence[str], transform) -> ImageFolderDataset:
+    """``cars_test_annos_withlabels.mat`` (``annotations``: ``fname``, ``class`` 1..196) and ``cars_test/``."""
+    from scipy.io import loadmat
+
+    fix = f"put cars_test/, cars_test_annos_withlabels.mat and devkit/ in {folder} (see {DOCS})"
+    path = _need(key, folder / "cars_test_annos_withlabels.mat", fix)
+    try:
+        annotations = loadmat(path, squeeze_me=True)["annotations"]
+        pairs = [(folder / "cars_test" / str(a["fname"]), int(a["class"]) - 1) for a in annotations.ravel()]
+    except (ValueError, KeyError, OSError, TypeError, IndexError) as exc:
+        raise UserError(f"{key}: {path} is not Stanford Cars' test annotation file ({type(exc).__name__}: {exc}); "
+                        f"{fix}") from exc
     return _dataset(key, folder, pairs, classnames, transform, fix, folder)

@@ -23,6 +23,8 @@ FOLDER_READERS = {
     "dtd": file_lists.load_dtd,
     "food101": file_lists.load_food101,
     "eurosat": file_lists.load_eurosat,
+    "fgvc_aircraft": file_lists.load_fgvc_aircraft,
+    "cars": file_lists.load_cars,
     "tinyimagenet": file_lists.load_tinyimagenet,
 }
 DATA_CLASSNAMES = {"tinyimagenet": file_lists.tinyimagenet_classnames}  # names read from the data (folders layout)

@@ -2,8 +2,9 @@
 
 The shipped names are matched to labels by position, so a list in another order would mislabel every prompt
 silently. Where the data names its classes (CIFAR's meta files, STL-10's ``class_names.txt``, Food-101's
-``meta/classes.txt``, DTD's folders), the shipped names must equal them up to case, ``_``/``-`` and spaces;
-otherwise a one-line ``UserError`` asks for a ``classnames.txt``. Missing meta files are not an error.
+``meta/classes.txt``, DTD's folders, FGVC-Aircraft's ``variants.txt``, Stanford Cars' ``devkit/cars_meta.mat``),
+the shipped names must equal them up to case, ``_``/``-`` and spaces; otherwise a one-line ``UserError`` asks for
+a ``classnames.txt``. Missing meta files are not an error.
 """
 
 from __future__ import annotations
@@ -38,6 +39,23 @@ def _food101(folder: Path) -> list[str] | None:
     return read_lines(folder / "meta" / "classes.txt") or None
 
 
+def _fgvc_aircraft(folder: Path) -> list[str] | None:
+    return read_lines(folder / "data" / "variants.txt") or None
+
+
+def _cars(folder: Path) -> list[str] | None:
+    from scipy.io import loadmat
+
+    path = folder / "devkit" / "cars_meta.mat"
+    if not path.is_file():
+        return None
+    try:
+        return [str(n) for n in loadmat(path, squeeze_me=True)["class_names"].ravel()]
+    except (ValueError, KeyError, OSError, TypeError) as exc:
+        raise UserError(f"cars: {path} has no readable class_names ({type(exc).__name__}: {exc}); re-extract the "
+                        "devkit, or delete it and put a classnames.txt in its parent folder") from exc
+
+
 def _dtd(folder: Path) -> list[str] | None:
     images = folder / "dtd" / "images"
     return list_subfolders(images) if images.is_dir() else None
@@ -45,6 +63,7 @@ def _dtd(folder: Path) -> list[str] | None:
 
 DATA_NAME_READERS: dict[str, Callable[[Path], list[str] | None]] = {
     "cifar10": _cifar_meta, "cifar100": _cifar_meta, "stl10": _stl10, "food101": _food101, "dtd": _dtd,
+    "fgvc_aircraft": _fgvc_aircraft, "cars": _cars,
 }
 
 
