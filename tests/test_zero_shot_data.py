@@ -98,6 +98,15 @@ def test_auto_layout_prefers_torchvision_folders_then_shards(tmp_path):
     assert type(load_zero_shot("cifar10", _ctx(root))).__name__ == "ArrayImageDataset"
 
 
+def test_a_torchvision_root_one_level_down_is_found(tmp_path):
+    """``DIR/eurosat/eurosat/2750`` (torchvision's root given as ``DIR/eurosat``) is found like ``DIR/eurosat/2750``."""
+    flat = make_zero_shot_root(tmp_path, "folders", ["eurosat"])
+    nested = tmp_path / "nested"
+    (nested / "eurosat").mkdir(parents=True)
+    (flat / "eurosat").rename(nested / "eurosat" / "eurosat")
+    assert len(load_zero_shot("eurosat", _ctx(nested))) == 6
+
+
 def test_user_prompt_files_override_the_shipped_lists_and_change_the_hash(tmp_path):
     root = make_zero_shot_root(tmp_path, "wds", ["cifar10"])
     suite = get_suite("zeroshot")

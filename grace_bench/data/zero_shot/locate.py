@@ -37,13 +37,17 @@ def expected(info: ZeroShotInfo, root: Path) -> str:
     return f"{wds}, or torchvision's layout in {root / info.torchvision_dirs[0]} (see {DOCS})"
 
 
+# what a torchvision folder holds, where its name equals the dataset key (``DIR/eurosat`` may be the shard folder,
+# torchvision's folder, or the parent of ``DIR/eurosat/eurosat``)
+MARKERS = {"eurosat": "2750", "dtd": "dtd"}
+
+
 def _folder_candidate(info: ZeroShotInfo, root: Path) -> Path | None:
-    for rel in info.torchvision_dirs:
-        for base in (root, root / info.key):
-            path = base / rel
-            if path.is_dir() and not is_wds_folder(path):
-                return path
-    return None
+    found = [base / rel for rel in info.torchvision_dirs for base in (root, root / info.key)
+             if (base / rel).is_dir() and not is_wds_folder(base / rel)]
+    marker = MARKERS.get(info.key)
+    marked = [p for p in found if marker is None or (p / marker).is_dir()]
+    return (marked or found or [None])[0]
 
 
 def _wds_candidate(info: ZeroShotInfo, root: Path) -> Path | None:
