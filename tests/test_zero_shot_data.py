@@ -250,3 +250,20 @@ def test_shipped_names_out_of_the_datas_order_are_refused_unless_overridden(tmp_
     folder = root / meta.split("/")[0]
     (folder / "classnames.txt").write_text("\n".join(names) + "\n")
     assert load_zero_shot(dataset, _ctx(root)).classes == tuple(names)
+
+
+def test_catalog_readers_and_docs_table_agree():
+    """Every dataset with a torchvision folder has a reader, and docs/zero-shot-data.md says which ones do."""
+    from pathlib import Path
+
+    from grace_bench.data.zero_shot.catalog import BY_KEY
+    from grace_bench.data.zero_shot.loaders import FOLDER_READERS, IMAGENET
+
+    with_folders = {k for k, info in BY_KEY.items() if info.torchvision_dirs}
+    assert with_folders - {IMAGENET} == set(FOLDER_READERS)
+    assert set(FOLDER_DATASETS) == set(FOLDER_READERS)  # the fixtures write every layout-2 dataset
+    page = (Path(__file__).resolve().parents[1] / "docs" / "zero-shot-data.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line.split("|")[5].strip() for line in page.splitlines()
+            if line.startswith("| `") and len(line.split("|")) == 7}
+    assert set(rows) == set(BY_KEY)
+    assert {k for k, cell in rows.items() if cell.startswith("yes")} == with_folders
