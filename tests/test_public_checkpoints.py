@@ -146,11 +146,13 @@ def test_agft_dict(world, half):
     _assert_same_logits(clip, world["reference"])
 
 
-@pytest.mark.parametrize("name", ["fare_eps_2.pt", "tecoa_eps_4.pt", "simclip4.pt"])
-def test_robustvlm_visual_state_dict(world, name):
-    """RobustVLM's ``.pt`` files: ``unwrap_model(model).model.state_dict()``, the bare vision tower (Sim-CLIP too)."""
+@pytest.mark.parametrize("name, prefix", [("fare_eps_2.pt", ""), ("tecoa_eps_4.pt", ""), ("simclip4.pt", ""),
+                                          ("wrapped.pt", "module.model."), ("with_visual.pt", "visual.")])
+def test_robustvlm_visual_state_dict(world, name, prefix):
+    """RobustVLM's ``.pt`` files: ``unwrap_model(model).model.state_dict()``, the bare vision tower (Sim-CLIP too);
+    also the same tower saved without unwrapping (``DataParallel(ClipVisionModel)``) or with ``visual.`` kept."""
     path = world["root"] / name
-    torch.save(_vision(world["tuned"]), path)
+    torch.save({prefix + k: v for k, v in _vision(world["tuned"]).items()}, path)
     clip = load_checkpoint(f"{ARCH}:{path}", base=world["base"])
     assert clip.info["format"] == "visual-only"
     _assert_same_logits(clip, world["reference"])
@@ -205,6 +207,13 @@ def _one_line_error(spec: str, **kwargs) -> str:
     msg = str(err.value)
     assert "\n" not in msg
     return msg
+
+
+def test_visual_only_without_base_names_the_flag(world):
+    path = world["root"] / "tecoa_no_base.pth.tar"
+    torch.save(_tecoa_dict(_vision(world["tuned"]), data_parallel=True, best_acc1=np.float64(1.0)), path)
+    msg = _one_line_error(f"{ARCH}:{path}")
+    assert "only vision-tower weights (tecoa)" in msg and "--base ARCH:TAG" in msg and "ARCH:openai" in msg
 
 
 def test_missing_vision_key_is_refused(world):

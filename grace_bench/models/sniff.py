@@ -74,7 +74,8 @@ def sniff_checkpoint(
             fmt = "visual-only"
         if base_state_dict is None:
             raise UserError(f"{source} holds only vision-tower weights ({fmt}); name the model it was fine-tuned "
-                            "from with --base ARCH:TAG (or ARCH:/path) so its text tower can be used")
+                            "from with --base ARCH:TAG (or ARCH:/path) so its text tower can be used (published "
+                            "FARE, TeCoA, PMG-AFT, TGA-ZSR and AGFT files fine-tune OpenAI's CLIP: ARCH:openai)")
         base = base_state_dict()
         borrowed = {k: base[k] for k in reference if not k.startswith(VISUAL) and k in base}
         notes.append(f"text tower and {len(borrowed)} non-visual tensors taken from the base model")
