@@ -71,7 +71,8 @@ def world(tmp_path_factory):
     expected = {k: (tuned if k.startswith(VISUAL) else base).state_dict()[k].clone() for k in base.state_dict()}
     reference = open_clip.create_model(f"local-dir:{base_dir}").eval()  # OpenCLIP's own build of the base arch
     reference.load_state_dict(expected)
-    return {"root": root, "base": f"local-dir:{base_dir}", "tuned": tuned, "reference": reference}
+    return {"root": root, "base": f"local-dir:{base_dir}", "base_state": _state(base), "tuned": tuned,
+            "reference": reference}
 
 
 def _logits(model: torch.nn.Module) -> torch.Tensor:
@@ -212,8 +213,48 @@ def _one_line_error(spec: str, **kwargs) -> str:
 def test_visual_only_without_base_names_the_flag(world):
     path = world["root"] / "tecoa_no_base.pth.tar"
     torch.save(_tecoa_dict(_vision(world["tuned"]), data_parallel=True, best_acc1=np.float64(1.0)), path)
-    msg = _one_line_error(f"{ARCH}:{path}")
+    msg = _one_line_error(f"{ARCH}:{path}")  # tiny-clip has no openai tag to default to
     assert "only vision-tower weights (tecoa)" in msg and "--base ARCH:TAG" in msg and "ARCH:openai" in msg
+
+
+@pytest.fixture
+def openai_tag(tmp_path, monkeypatch, world):
+    """Give tiny-clip an ``openai`` tag (QuickGELU, as OpenAI's) whose weights, the base's, sit in the local cache."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    pcfg = {"hf_hub": "someorg/tiny-clip.openai/", "quick_gelu": True, **OPENAI_PREPROCESS}
+    real = open_clip.get_pretrained_cfg
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg",
+                        lambda arch, tag: pcfg if (arch, tag) == (ARCH, "openai") else real(arch, tag))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someorg--tiny-clip.openai"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    save_file(world["base_state"], str(repo / "snapshots" / commit / "open_clip_model.safetensors"))
+
+
+@pytest.mark.parametrize("fmt", ["tecoa", "agft"])
+def test_openai_only_formats_default_to_the_openai_base(world, openai_tag, fmt):
+    """TeCoA/PMG-AFT/TGA-ZSR and AGFT code always starts from OpenAI's CLIP, so their base defaults to ARCH:openai."""
+    path = world["root"] / f"{fmt}_default_base.pth"
+    vision = _vision(world["tuned"])
+    payload = (_tecoa_dict(vision, data_parallel=True, best_acc1=np.float64(1.0)) if fmt == "tecoa"
+               else {"modules": {"clip.visual": vision}, "params": {}})
+    torch.save(payload, path)
+    clip = load_checkpoint(f"{ARCH}:{path}")
+    assert clip.base_spec == f"{ARCH}:openai" and clip.info["format"] == fmt
+    assert any("no --base given: base tiny-clip:openai" in n for n in clip.info["notes"])
+    _assert_same_logits(clip, world["reference"])
+
+
+def test_plain_visual_only_never_guesses_a_base(world, openai_tag):
+    """A bare vision tower may come from any base: without --base it is refused even when ARCH:openai exists."""
+    path = world["root"] / "fare_no_base.pt"
+    torch.save(_vision(world["tuned"]), path)
+    assert "--base ARCH:TAG" in _one_line_error(f"{ARCH}:{path}")
 
 
 def test_missing_vision_key_is_refused(world):

@@ -34,6 +34,9 @@ from grace_bench.utils.parsing import TRUE_WORDS
 
 # The base model whose text tower a visual-only checkpoint borrows, when --base is not given.
 DEFAULT_BASES = {"micro-clip": "micro"}
+# Formats written only by code that fine-tunes OpenAI's CLIP (``clip.load``): TeCoA, PMG-AFT, TGA-ZSR (tecoa) and
+# AGFT; their base defaults to ARCH:openai when --base is not given.
+OPENAI_FORMATS = ("tecoa", "agft")
 # Weight file names in an OpenCLIP model folder, most preferred first (as OpenCLIP orders them).
 _DIR_WEIGHTS = (
     "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
@@ -279,20 +282,34 @@ def _fill(clip: ClipModel, obj: Any, *, source: str, base: str | None, trust_pic
     reference = clip.model.state_dict()
     base_spec = base or DEFAULT_BASES.get(clip.arch)
     bases: list[ClipModel] = []
+    defaulted: list[str] = []
 
-    def base_state_dict() -> Mapping[str, torch.Tensor]:
+    def base_state_dict(fmt: str) -> Mapping[str, torch.Tensor] | None:
+        nonlocal base_spec
+        if base_spec is None and (base_spec := _openai_base(fmt, clip.arch)):
+            defaulted.append(f"no --base given: base {base_spec}, as {fmt} files are fine-tuned from OpenAI's CLIP")
+        if base_spec is None:
+            return None
         bases.append(load_checkpoint(base_spec, trust_pickle=trust_pickle))
         return bases[-1].model.state_dict()
 
-    sniffed: Sniffed = sniff_checkpoint(obj, reference, source=source,
-                                        base_state_dict=base_state_dict if base_spec else None)
-    notes = list(sniffed.notes)
+    sniffed: Sniffed = sniff_checkpoint(obj, reference, source=source, base_state_dict=base_state_dict)
+    notes = defaulted + sniffed.notes
     if sniffed.visual_only and bases:
         clip = _on_base(bases[-1], like=clip, state_dict=sniffed.state_dict, source=source, notes=notes)
     clip.model.load_state_dict(sniffed.state_dict, strict=True)
     clip.base_spec = base_spec if (sniffed.visual_only or base) else None
     clip.info.update(format=sniffed.format, notes=notes, source=source)
     return clip
+
+
+def _openai_base(fmt: str, arch: str) -> str | None:
+    """``ARCH:openai`` for the formats whose training code always starts from OpenAI's CLIP (docs/checkpoints.md)."""
+    import open_clip
+
+    if fmt in OPENAI_FORMATS and open_clip.get_pretrained_cfg(arch, "openai"):
+        return f"{arch}:openai"
+    return None
 
 
 def _on_base(base: ClipModel, *, like: ClipModel, state_dict: Mapping[str, torch.Tensor], source: str,

@@ -56,12 +56,13 @@ def sniff_checkpoint(
     reference: Mapping[str, torch.Tensor],
     *,
     source: str,
-    base_state_dict: Callable[[], Mapping[str, torch.Tensor]] | None = None,
+    base_state_dict: Callable[[str], Mapping[str, torch.Tensor] | None] | None = None,
 ) -> Sniffed:
     """Detect the format of a loaded checkpoint ``obj`` and map it onto ``reference`` (the target model's state dict).
 
-    Visual-only formats borrow every non-visual tensor (text tower, ``logit_scale``) from ``base_state_dict()``;
-    without it they raise ``UserError``. Missing, unexpected or mis-shaped keys raise ``UserError``.
+    Visual-only formats borrow every non-visual tensor (text tower, ``logit_scale``) from
+    ``base_state_dict(format)``; without it, or when it returns None (no base known for that format), they raise
+    ``UserError``. Missing, unexpected or mis-shaped keys raise ``UserError``.
     """
     flat, fmt, notes, visual_only = _unwrap(obj, source)
     mapped, more_notes = _map_keys(flat, reference, source=source, visual_only=visual_only)
@@ -72,11 +73,11 @@ def sniff_checkpoint(
     if needs_text:
         if fmt == "openclip-state-dict":
             fmt = "visual-only"
-        if base_state_dict is None:
+        base = base_state_dict(fmt) if base_state_dict is not None else None
+        if base is None:
             raise UserError(f"{source} holds only vision-tower weights ({fmt}); name the model it was fine-tuned "
                             "from with --base ARCH:TAG (or ARCH:/path) so its text tower can be used (published "
                             "FARE, TeCoA, PMG-AFT, TGA-ZSR and AGFT files fine-tune OpenAI's CLIP: ARCH:openai)")
-        base = base_state_dict()
         borrowed = {k: base[k] for k in reference if not k.startswith(VISUAL) and k in base}
         notes.append(f"text tower and {len(borrowed)} non-visual tensors taken from the base model")
         mapped = {**borrowed, **mapped}
