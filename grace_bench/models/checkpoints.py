@@ -133,10 +133,17 @@ def _numpy_scalars_allowed() -> Iterator[None]:
         from numpy._core.multiarray import scalar
     except ImportError:  # numpy 1
         from numpy.core.multiarray import scalar
-    allowed = [(scalar, f"{module}.multiarray.scalar") for module in ("numpy._core", "numpy.core")]
     numeric_dtypes = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}  # numpy >= 1.25 builds these classes
-    with safe_globals([*allowed, np.dtype, *numeric_dtypes]):
+    allowed: list[Any] = [scalar, np.dtype, *numeric_dtypes]
+    if _torch_version() >= (2, 6):  # (object, "name") entries: a file pickled under the other numpy's module name
+        allowed += [(scalar, f"{module}.multiarray.scalar") for module in ("numpy._core", "numpy.core")]
+    with safe_globals(allowed):
         yield
+
+
+def _torch_version() -> tuple[int, ...]:
+    """(major, minor) of the installed torch, e.g. (2, 6) for ``2.6.0+cu124``."""
+    return tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
 
 
 def instantiate_clip_model(model_name: str, *, spec: str, pretrained: str | None = None,
