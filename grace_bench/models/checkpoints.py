@@ -11,7 +11,8 @@ import json
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ from grace_bench.utils.parsing import TRUE_WORDS
 
 # The base model whose text tower a visual-only checkpoint borrows, when --base is not given.
 DEFAULT_BASES = {"micro-clip": "micro"}
+# Formats written only by code that fine-tunes OpenAI's CLIP (``clip.load``): TeCoA, PMG-AFT, TGA-ZSR (tecoa) and
+# AGFT; their base defaults to ARCH:openai when --base is not given.
+OPENAI_FORMATS = ("tecoa", "agft")
 # Weight file names in an OpenCLIP model folder, most preferred first (as OpenCLIP orders them).
 _DIR_WEIGHTS = (
     "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
@@ -86,7 +90,8 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False,
         except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
             raise _corrupt(path, f"a truncated or corrupt safetensors file: {_short(e)}") from e
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with _numpy_scalars_allowed():
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = _pickled_global(e)
         if found is None:  # the safe unpickler met garbage, not a Python class: the file is damaged
@@ -109,6 +114,36 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False,
                         "`grace-bench convert ... --trust-pickle` with the code that saved it on PYTHONPATH") from e
     except Exception as e:  # noqa: BLE001
         raise _unreadable(path, e) from e
+
+
+@contextmanager
+def _numpy_scalars_allowed() -> Iterator[None]:
+    """Let the weights-only unpickler rebuild numpy scalars (TeCoA and PMG-AFT save ``best_acc1`` as ``np.float64``).
+
+    Only ``scalar`` and numeric ``dtype`` s are allowed (a number from a dtype and its bytes), under the module names
+    of numpy 2 and numpy 1 (the checkpoints were written with numpy 1); arrays and every other object stay refused.
+    """
+    import numpy as np
+
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:  # torch < 2.5: no allowlist context; such files are refused as pickles
+        yield
+        return
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import scalar
+    numeric_dtypes = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}  # numpy >= 1.25 builds these classes
+    allowed: list[Any] = [scalar, np.dtype, *numeric_dtypes]
+    if _torch_version() >= (2, 6):  # (object, "name") entries: a file pickled under the other numpy's module name
+        allowed += [(scalar, f"{module}.multiarray.scalar") for module in ("numpy._core", "numpy.core")]
+    with safe_globals(allowed):
+        yield
+
+
+def _torch_version() -> tuple[int, ...]:
+    """(major, minor) of the installed torch, e.g. (2, 6) for ``2.6.0+cu124``."""
+    return tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
 
 
 def instantiate_clip_model(model_name: str, *, spec: str, pretrained: str | None = None,
@@ -246,19 +281,54 @@ def _load_run_dir(spec: RunDirSpec, *, base: str | None, trust_pickle: bool) -> 
 
 
 def _fill(clip: ClipModel, obj: Any, *, source: str, base: str | None, trust_pickle: bool) -> ClipModel:
-    """Sniff ``obj``, normalise it onto ``clip.model`` and load it strictly."""
+    """Sniff ``obj``, normalise it onto ``clip.model`` and load it strictly.
+
+    A visual-only checkpoint is loaded into the base model itself, so the result has the base's text tower and also
+    its activation (QuickGELU for OpenAI weights) and preprocessing, which no state dict records.
+    """
     reference = clip.model.state_dict()
     base_spec = base or DEFAULT_BASES.get(clip.arch)
+    bases: list[ClipModel] = []
+    defaulted: list[str] = []
 
-    def base_state_dict() -> Mapping[str, torch.Tensor]:
-        return load_checkpoint(base_spec, trust_pickle=trust_pickle).model.state_dict()
+    def base_state_dict(fmt: str) -> Mapping[str, torch.Tensor] | None:
+        nonlocal base_spec
+        if base_spec is None and (base_spec := _openai_base(fmt, clip.arch)):
+            defaulted.append(f"no --base given: base {base_spec}, as {fmt} files are fine-tuned from OpenAI's CLIP")
+        if base_spec is None:
+            return None
+        bases.append(load_checkpoint(base_spec, trust_pickle=trust_pickle))
+        return bases[-1].model.state_dict()
 
-    sniffed: Sniffed = sniff_checkpoint(obj, reference, source=source,
-                                        base_state_dict=base_state_dict if base_spec else None)
+    sniffed: Sniffed = sniff_checkpoint(obj, reference, source=source, base_state_dict=base_state_dict)
+    notes = defaulted + sniffed.notes
+    if sniffed.visual_only and bases:
+        clip = _on_base(bases[-1], like=clip, state_dict=sniffed.state_dict, source=source, notes=notes)
     clip.model.load_state_dict(sniffed.state_dict, strict=True)
     clip.base_spec = base_spec if (sniffed.visual_only or base) else None
-    clip.info.update(format=sniffed.format, notes=sniffed.notes, source=source)
+    clip.info.update(format=sniffed.format, notes=notes, source=source)
     return clip
+
+
+def _openai_base(fmt: str, arch: str) -> str | None:
+    """``ARCH:openai`` for the formats whose training code always starts from OpenAI's CLIP (docs/checkpoints.md)."""
+    import open_clip
+
+    if fmt in OPENAI_FORMATS and open_clip.get_pretrained_cfg(arch, "openai"):
+        return f"{arch}:openai"
+    return None
+
+
+def _on_base(base: ClipModel, *, like: ClipModel, state_dict: Mapping[str, torch.Tensor], source: str,
+             notes: list[str]) -> ClipModel:
+    """The base model, ready to take ``state_dict`` (checked to fit), in place of the model built from ARCH."""
+    from grace_bench.models.sniff import check_state_dict
+
+    check_state_dict(state_dict, base.model.state_dict(), source=source)
+    if base.arch != like.arch:
+        notes.append(f"built as the base's architecture {base.arch} (its activation and preprocessing)")
+    base.info = {}
+    return base
 
 
 def _match_activation(arch: str, pcfg: Mapping[str, Any]) -> tuple[str, bool, list[str]]:

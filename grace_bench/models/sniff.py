@@ -1,10 +1,13 @@
 """Recognise the checkpoint formats found in the wild and normalise them to a full OpenCLIP state dict.
 
 Formats: an OpenCLIP state dict; an OpenCLIP training dict (``{"state_dict": ..., "epoch": ...}``, often with a
-``module.`` prefix); a TeCoA dict (``vision_encoder_state_dict``: vision tower only); a visual-only state dict
-(FARE: keys of ``model.visual``, with or without ``visual.``); a pickled whole module (wise-ft, FLYP), which only
-reaches here once the caller has chosen to trust the pickle. Key prefixes (``module.``, ``model.``,
-``image_encoder.model.`` ...) are found by matching keys and shapes against the target model's own state dict.
+``module.`` prefix); a TeCoA dict (``vision_encoder_state_dict``: vision tower only; also written by PMG-AFT and
+TGA-ZSR, which fork TeCoA's training script); an AGFT dict (``{"modules": {"clip.visual": ...}, "params": {}}``);
+a visual-only state dict (FARE, TeCoA and Sim-CLIP ``.pt`` files of RobustVLM: keys of ``model.visual``, with or
+without ``visual.``); a pickled whole module (wise-ft, FLYP), which only reaches here once the caller has chosen
+to trust the pickle. docs/checkpoints.md maps each public checkpoint to its format. Key prefixes (``module.``,
+``model.``, ``image_encoder.model.`` ...) are found by matching keys and shapes against the target model's own
+state dict.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ SUPPORTED_FORMATS = (
     "openclip-state-dict",
     "openclip-training-dict",
     "tecoa",
+    "agft",
     "visual-only",
     "pickled-module",
 )
@@ -30,6 +34,9 @@ VISUAL = "visual."
 # Wrapper keys of training dicts that hold the model weights, in the order they are tried.
 _STATE_KEYS = ("state_dict", "model_state_dict", "model")
 _TECOA_KEY = "vision_encoder_state_dict"
+# AGFT's ``MyCLIP.state_dict_train()``: trained modules by name, and trained loose parameters (VPT prompts).
+_AGFT_KEYS = {"modules", "params"}
+_AGFT_VISUAL = "clip.visual"
 # Scalars that OpenAI's TorchScript CLIP keeps beside its weights.
 _JIT_ATTRIBUTES = ("input_resolution", "context_length", "vocab_size")
 
@@ -49,12 +56,13 @@ def sniff_checkpoint(
     reference: Mapping[str, torch.Tensor],
     *,
     source: str,
-    base_state_dict: Callable[[], Mapping[str, torch.Tensor]] | None = None,
+    base_state_dict: Callable[[str], Mapping[str, torch.Tensor] | None] | None = None,
 ) -> Sniffed:
     """Detect the format of a loaded checkpoint ``obj`` and map it onto ``reference`` (the target model's state dict).
 
-    Visual-only formats borrow every non-visual tensor (text tower, ``logit_scale``) from ``base_state_dict()``;
-    without it they raise ``UserError``. Missing, unexpected or mis-shaped keys raise ``UserError``.
+    Visual-only formats borrow every non-visual tensor (text tower, ``logit_scale``) from
+    ``base_state_dict(format)``; without it, or when it returns None (no base known for that format), they raise
+    ``UserError``. Missing, unexpected or mis-shaped keys raise ``UserError``.
     """
     flat, fmt, notes, visual_only = _unwrap(obj, source)
     mapped, more_notes = _map_keys(flat, reference, source=source, visual_only=visual_only)
@@ -65,10 +73,11 @@ def sniff_checkpoint(
     if needs_text:
         if fmt == "openclip-state-dict":
             fmt = "visual-only"
-        if base_state_dict is None:
+        base = base_state_dict(fmt) if base_state_dict is not None else None
+        if base is None:
             raise UserError(f"{source} holds only vision-tower weights ({fmt}); name the model it was fine-tuned "
-                            "from with --base ARCH:TAG (or ARCH:/path) so its text tower can be used")
-        base = base_state_dict()
+                            "from with --base ARCH:TAG (or ARCH:/path) so its text tower can be used (published "
+                            "FARE, TeCoA, PMG-AFT, TGA-ZSR and AGFT files fine-tune OpenAI's CLIP: ARCH:openai)")
         borrowed = {k: base[k] for k in reference if not k.startswith(VISUAL) and k in base}
         notes.append(f"text tower and {len(borrowed)} non-visual tensors taken from the base model")
         mapped = {**borrowed, **mapped}
@@ -106,9 +115,11 @@ def _unwrap(obj: Any, source: str) -> tuple[dict[str, Any], str, list[str], bool
     if _TECOA_KEY in obj:
         inner, fmt, notes, _ = _unwrap(obj[_TECOA_KEY], source)
         extra = sorted(str(k) for k in obj if k != _TECOA_KEY)
-        notes.append(f"TeCoA dict: vision weights from '{_TECOA_KEY}'"
+        notes.append(f"TeCoA-style dict (TeCoA, PMG-AFT, TGA-ZSR): vision weights from '{_TECOA_KEY}'"
                      + (f"; ignored {_first(extra)}" if extra else ""))
         return inner, "tecoa", notes, True
+    if _AGFT_KEYS == set(obj) and isinstance(obj["modules"], Mapping):
+        return _unwrap_agft(obj, source)
     if _tensor_share(obj) >= 0.5:
         return dict(obj), "openclip-state-dict", [], False
     for key in _STATE_KEYS:
@@ -118,6 +129,23 @@ def _unwrap(obj: Any, source: str) -> tuple[dict[str, Any], str, list[str], bool
             notes.insert(0, f"weights under '{key}'" + (f"; ignored {_first(extra)}" if extra else ""))
             return inner, ("openclip-training-dict" if fmt == "openclip-state-dict" else fmt), notes, visual
     raise _unknown(source, f"a dict with keys {_first(sorted(map(str, obj)))}")
+
+
+def _unwrap_agft(obj: Mapping, source: str) -> tuple[dict[str, Any], str, list[str], bool]:
+    """AGFT's training dict: the vision tower under ``modules['clip.visual']``; prompt-only (VPT) files are refused."""
+    modules, params = obj["modules"], obj["params"]
+    if params:
+        raise UserError(f"{source} is an AGFT checkpoint with learned prompts ({_first(sorted(map(str, params)))}), "
+                        "which change CLIP's forward pass; grace-bench evaluates fine-tuned weights only: use a "
+                        "checkpoint trained without VPT (its 'modules' holds 'clip.visual')")
+    if _AGFT_VISUAL not in modules or not isinstance(modules[_AGFT_VISUAL], Mapping):
+        raise _unknown(source, f"an AGFT-style dict whose 'modules' are {_first(sorted(map(str, modules))) or 'empty'}"
+                               f" (expected '{_AGFT_VISUAL}')")
+    inner, _, notes, _ = _unwrap(modules[_AGFT_VISUAL], source)
+    extra = sorted(str(k) for k in modules if k != _AGFT_VISUAL)
+    notes.insert(0, f"AGFT dict: vision weights from modules['{_AGFT_VISUAL}']"
+                 + (f"; ignored {_first(extra)}" if extra else ""))
+    return inner, "agft", notes, True
 
 
 def _map_keys(flat: Mapping[str, Any], reference: Mapping[str, torch.Tensor], *, source: str,
