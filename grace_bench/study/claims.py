@@ -190,8 +190,9 @@ def _geo_claim(rows: Mapping[str, Row | None], a: str, b: str, key: str, claim: 
                  images_apply=False)
     seed = d.seeds[0]
     meets = "meets" if (d.mean > 0 if strict else d.mean >= 0) else "misses"
+    which = "the point estimate" if len(d.seeds) == 1 else f"the mean over {len(d.seeds)} paired seeds"
     out.measured = (f"{a} {format(ra.values[seed][key], fmt)}, {b} {format(rb.values[seed][key], fmt)} "
-                    f"(seed {seed}; mean over {len(d.seeds)} paired seed(s) {meets} the criterion)")
+                    f"(seed {seed}; {which} {meets} the criterion)")
     return out
 
 
@@ -211,8 +212,8 @@ def geometry_claims(geo: Mapping[str, Mapping[str, Any]],
         seed = flat[0][1].seeds[0]
         lam = {label: rows[label].values[seed]["lambda_max"] for label in ("grace", "ft", "wise-ft")}
         c.measured = (f"λ_max GRACE {lam['grace']:.3g}, FT {lam['ft']:.3g}, WiSE-FT {lam['wise-ft']:.3g} (ratios "
-                      f"{lam['grace'] / lam['ft']:.2f}, {lam['grace'] / lam['wise-ft']:.2f}; seed {seed}; "
-                      f"{len(flat[0][1].seeds)} paired seed(s))")
+                      f"{lam['grace'] / lam['ft']:.2f}, {lam['grace'] / lam['wise-ft']:.2f}; seed {seed} of "
+                      f"{len(flat[0][1].seeds)} paired)")
         claims = [c]
     else:
         claims = [Claim(name, paper, f"GRACE/FT and GRACE/WiSE-FT ≤ {LAMBDA_RATIO:g}", "", NOT_MEASURED)]

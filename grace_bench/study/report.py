@@ -85,19 +85,26 @@ def single_seed_stats(record: dict[str, Any]) -> dict[str, Any]:
     return {"group": "ablation", "n": 1, "seeds": [record["seed"]], "mean": mean, "std": dict.fromkeys(mean)}
 
 
-def geometry_values(run: StudyRun, records: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Per label (first seed): the geometry columns read from this study's geometry files."""
+def geometry_by_seed(run: StudyRun, records: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, float | None]]]:
+    """Per label and seed: the geometry columns of every checkpoint this study's geometry files cover."""
     if not run.geometry_dir.is_dir():
         return {}
     by_fp = geometry_by_fingerprint(load_geometry([run.geometry_dir]))
-    out: dict[str, dict[str, float | None]] = {}
-    first = run.recipe.seeds[0]
+    out: dict[str, dict[int, dict[str, float | None]]] = {}
     for r in records:
-        if r["seed"] != first or r["fingerprint"] not in by_fp or r["label"] in out:
-            continue
-        kinds = by_fp[r["fingerprint"]]
-        out[r["label"]] = {m.key: m.read_kinds(kinds) for m in geometry_metrics()}
+        if r["fingerprint"] in by_fp and r["seed"] not in out.get(r["label"], {}):
+            kinds = by_fp[r["fingerprint"]]
+            out.setdefault(r["label"], {})[r["seed"]] = {m.key: m.read_kinds(kinds) for m in geometry_metrics()}
     return out
+
+
+def geometry_values(run: StudyRun, records: list[dict[str, Any]],
+                    by_seed: dict[str, dict[int, dict[str, float | None]]] | None = None
+                    ) -> dict[str, dict[str, float | None]]:
+    """Per label (first seed): the geometry columns read from this study's geometry files."""
+    by_seed = geometry_by_seed(run, records) if by_seed is None else by_seed
+    first = run.recipe.seeds[0]
+    return {label: seeds[first] for label, seeds in by_seed.items() if first in seeds}
 
 
 def _cell(row: dict[str, Any], key: str) -> str:
@@ -234,7 +241,7 @@ def draw_figures(run: StudyRun, stats: dict[str, dict[str, Any]], records: list[
     written: list[Path] = []
     points = {label: {"id": row["mean"]["id"], "ood": row["mean"]["ood_avg"], "adv": row["mean"]["adv"]}
               for label, row in stats.items()
-              if row["group"] in ("main", "lora") and not label.startswith(f"{WISE} α")
+              if row["group"] in ("main", "lora", RECENT) and not label.startswith(f"{WISE} α")
               and None not in (row["mean"]["id"], row["mean"]["ood_avg"], row["mean"]["adv"])}
     if points:
         plot_tradeoff(points, protocol=protocol, title="ID / OOD / Adv trade-off (mean over seeds)",
@@ -283,10 +290,11 @@ def write_report(run: StudyRun) -> dict[str, Any]:
 
     records, summaries = entry_records(run)
     stats = method_stats(records, summaries)
-    geo = geometry_values(run, records)
+    geo_seeds = geometry_by_seed(run, records)
+    geo = geometry_values(run, records, geo_seeds)
     rows = study_rows(records, summaries)
     boot = Bootstrap()
-    claims = accuracy_claims(rows, boot) + geometry_claims(geo)
+    claims = accuracy_claims(rows, boot) + geometry_claims(geo, geo_seeds)
     table_labels = [item[0] for item in main_rows(stats, ("main", RECENT)) if item is not None]
     diffs = paired_differences(rows, table_labels, boot)
     board = build_leaderboard([run.results_dir, *([run.geometry_dir] if run.geometry_dir.is_dir() else [])],
