@@ -73,7 +73,7 @@ def _stat_row(group, hm):
 
 
 def test_main_table_puts_grace_default_beside_grace_and_recent_rows_after_the_papers():
-    from grace_bench.study.report import main_rows
+    from grace_bench.study.report import main_rows, markdown_table
 
     stats = {"ft": _stat_row("main", 0.3), "grace": _stat_row("main", 0.4), "tecoa": _stat_row("main", 0.5),
              "agft": _stat_row("recent", 0.6), "laat": _stat_row("recent", 0.2),
@@ -82,6 +82,8 @@ def test_main_table_puts_grace_default_beside_grace_and_recent_rows_after_the_pa
     assert order == ["tecoa", "grace", "grace-default", "ft", None, "agft", "laat"]
     del stats["grace"], stats["agft"], stats["laat"]  # rows absent from a run are skipped, not an error
     assert [r[0] for r in main_rows(stats, ("main", "recent"))] == ["tecoa", "ft", "grace-default"]
+    table = markdown_table(stats, ("main", "recent"), [], None)
+    assert "HM − GRACE" not in table and table.count("\n") == 4  # header, rule, three rows
 
 
 @pytest.mark.slow
