@@ -134,13 +134,15 @@ def best_hm_claim(rows: Mapping[str, Row], boot: Bootstrap | None) -> Claim:
         return Claim(name, paper, criterion, "", NOT_MEASURED)
     parts = [(label, paired_diff(rows["grace"], rows[label], "hm", boot)) for label in others]
     parts = [(label, d) for label, d in parts if d is not None]
+    if not parts:  # no other row shares an HM value with GRACE
+        return Claim(name, paper, criterion, "", NOT_MEASURED)
     signs = [_beats(d) for _, d in parts]
     if FAILS in signs:
         verdict = FAILS
-    elif signs and all(s == HOLDS for s in signs):
+    elif all(s == HOLDS for s in signs):
         verdict = HOLDS
     else:
-        verdict = INCONCLUSIVE if INCONCLUSIVE in signs or not signs else SINGLE_SEED
+        verdict = INCONCLUSIVE if INCONCLUSIVE in signs else SINGLE_SEED
     c = _claim(name, paper, criterion, parts, [HOLDS])
     c.verdict = verdict
     return c
