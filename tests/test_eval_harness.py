@@ -126,6 +126,7 @@ def test_clean_eval_resumes_from_partial_state(tiny_classifier, tmp_path, monkey
     resumed = clean_mod.evaluate_clean(tiny_classifier, ds, list(range(64)), batch_size=8, progress=False,
                                        partial_path=partial, partial_key="k")
     assert resumed["correct"] == full["correct"] and resumed["n"] == 64
+    assert resumed["top1_flags"] == full["top1_flags"]  # the flags of the first 24 images came from the state
     assert not partial.exists()
 
 
@@ -169,3 +170,5 @@ def test_ddp_eval_equals_single_process(tiny_clip, tmp_path):
     for name, r in single.items():
         assert ddp[name]["n"] == r["n"]
         assert ddp[name]["top1"] == pytest.approx(r["top1"], abs=1e-12)
+        flags = [json.loads(open(e["result_file"]).read())["metrics"]["top1_flags"] for e in (ddp[name], r)]
+        assert flags[0] == flags[1]  # each rank's per-image flags land at their image's place

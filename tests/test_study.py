@@ -9,10 +9,11 @@ import pytest
 
 from grace_bench.cli import main
 from grace_bench.errors import UserError
-from grace_bench.study.claims import accuracy_claims, geometry_claims
+from grace_bench.study.claims import VERDICTS, accuracy_claims
 from grace_bench.study.plan import entries
 from grace_bench.study.recipe import study_recipe
 from grace_bench.study.runner import check_recipe
+from grace_bench.study.stats import Row
 
 
 def test_recipe_adds_what_a_row_needs_and_rejects_unknown_methods():
@@ -44,30 +45,45 @@ def test_resuming_a_study_with_other_settings_is_refused(tmp_path):
         check_recipe(tmp_path, study_recipe("micro", steps=7))
 
 
-def _stats(**means):
-    return {label: {"group": "main", "n": 3, "mean": m, "std": {k: 0.01 for k in m}} for label, m in means.items()}
+def _rows(**means):
+    """Rows over three seeds whose values wobble by ±0.2 points around ``means``."""
+    return {label: Row(label, {s: {k: v + 0.002 * (s - 1) for k, v in m.items()} for s in range(3)},
+                       fixed=label == "zero-shot")
+            for label, m in means.items()}
 
 
 def test_claim_verdicts_follow_the_numbers():
     row = {"id": 0.9, "ood_avg": 0.5, "adv": 0.2, "hm": 0.4}
-    good = _stats(**{"zero-shot": {**row, "id": 0.85, "adv": 0.1}, "ft": {**row, "adv": 0.1, "hm": 0.3},
-                     "wise-ft": {**row, "adv": 0.1, "hm": 0.3}, "tecoa": {**row, "adv": 0.18, "hm": 0.35},
-                     "grace": {**row, "id": 0.895, "adv": 0.3, "hm": 0.45}})
-    verdicts = [c.verdict for c in accuracy_claims(good)]
+    means = {"zero-shot": {**row, "id": 0.85, "adv": 0.1}, "ft": {**row, "adv": 0.1, "hm": 0.3},
+             "wise-ft": {**row, "adv": 0.1, "hm": 0.3}, "tecoa": {**row, "adv": 0.18, "hm": 0.35},
+             "grace": {**row, "id": 0.895, "adv": 0.3, "hm": 0.45}}
+    verdicts = [c.verdict for c in accuracy_claims(_rows(**means))]
     assert verdicts == ["holds"] * 5
-    bad = json.loads(json.dumps(good))
-    bad["grace"]["mean"].update(id=0.85, adv=0.12, hm=0.2)
-    verdicts = {c.claim: c.verdict for c in accuracy_claims(bad)}
+    bad = json.loads(json.dumps(means))
+    bad["grace"].update(id=0.85, adv=0.12, hm=0.2)
+    verdicts = {c.claim: c.verdict for c in accuracy_claims(_rows(**bad))}
     assert verdicts["ID accuracy close to FT"] == "does not hold"
     assert verdicts["Adv far above FT and WiSE-FT"] == "does not hold"
     assert verdicts["best HM of all methods"] == "does not hold"
     assert all(c.verdict == "not measured" for c in accuracy_claims({}))
-    geo = {"grace": {"lambda_max": 1.0, "weight_drift": 0.1}, "ft": {"lambda_max": 3.0},
-           "wise-ft": {"lambda_max": 2.0}, "tecoa": {"weight_drift": 0.4}}
-    g = {c.claim: c.verdict for c in geometry_claims(geo)}
-    assert g["flatter minimum: λ_max about half of FT and WiSE-FT"] == "holds"
-    assert g["small weight drift"] == "holds"
-    assert g["small ΔLID under shift"] == "not measured"
+
+
+def _stat_row(group, hm):
+    return {"group": group, "n": 3, "mean": {"hm": hm}, "std": {"hm": 0.0}}
+
+
+def test_main_table_puts_grace_default_beside_grace_and_recent_rows_after_the_papers():
+    from grace_bench.study.report import main_rows, markdown_table
+
+    stats = {"ft": _stat_row("main", 0.3), "grace": _stat_row("main", 0.4), "tecoa": _stat_row("main", 0.5),
+             "agft": _stat_row("recent", 0.6), "laat": _stat_row("recent", 0.2),
+             "grace-default": _stat_row("main", 0.1), "wise-ft α=0.25": _stat_row("main", 0.9)}
+    order = [None if r is None else r[0] for r in main_rows(stats, ("main", "recent"))]
+    assert order == ["tecoa", "grace", "grace-default", "ft", None, "agft", "laat"]
+    del stats["grace"], stats["agft"], stats["laat"]  # rows absent from a run are skipped, not an error
+    assert [r[0] for r in main_rows(stats, ("main", "recent"))] == ["tecoa", "ft", "grace-default"]
+    table = markdown_table(stats, ("main", "recent"), [], None)
+    assert "HM − GRACE" not in table and table.count("\n") == 4  # header, rule, three rows
 
 
 @pytest.mark.slow
@@ -81,7 +97,10 @@ def test_compare_quick_end_to_end_and_resume(tmp_path, capsys):
     assert {"zero-shot", "ft", "wise-ft", "tecoa", "grace", "grace-gv"} <= labels
     for e in study["entries"]:
         assert 0 <= e["aggregates"]["id"] <= 1 and e["aggregates"]["hm"] is not None
-    assert {c["verdict"] for c in study["claims"]} <= {"holds", "does not hold", "not measured"}
+    assert {c["verdict"] for c in study["claims"]} <= set(VERDICTS)
+    # one seed: no interval over seeds, but the image bootstrap runs on the per-image flags of the result files
+    hm = study["statistics"]["vs_grace"]["tecoa"]["hm"]
+    assert hm["t"] is None and hm["boot"]["lo"] <= hm["mean"] <= hm["boot"]["hi"]
     assert study["geometry"]["grace"]["lambda_max"] > 0
     assert (out / "leaderboard" / "leaderboard.md").is_file()
     figures = [Path(p) for p in study["figures"]]

@@ -9,7 +9,7 @@ import torch
 
 from grace_bench.results.values import harmonic_mean
 
-__all__ = ["AGGREGATE_DEFINITIONS", "aggregates", "harmonic_mean", "topk_correct"]
+__all__ = ["AGGREGATE_DEFINITIONS", "aggregates", "harmonic_mean", "topk_correct", "topk_hits"]
 
 AGGREGATE_DEFINITIONS = {
     "id": "top-1 accuracy on the suite's ID dataset",
@@ -21,16 +21,18 @@ AGGREGATE_DEFINITIONS = {
 }
 
 
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, int]:
-    """Number of examples whose label is among the top-k logits, for each k <= num classes."""
-    out: dict[int, int] = {}
+def topk_hits(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
+    """Per example and k <= num classes (columns in order of ``ks``): is the label among the top-k logits."""
     kmax = min(max(ks), logits.shape[1])
     top = logits.topk(kmax, dim=1).indices
     hit = top == labels[:, None]
-    for k in ks:
-        if k <= logits.shape[1]:
-            out[k] = int(hit[:, :k].any(dim=1).sum())
-    return out
+    return torch.stack([hit[:, :k].any(dim=1) for k in ks if k <= logits.shape[1]], dim=1)
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, int]:
+    """Number of examples whose label is among the top-k logits, for each k <= num classes."""
+    hits = topk_hits(logits, labels, ks)
+    return {k: int(hits[:, i].sum()) for i, k in enumerate(k for k in ks if k <= logits.shape[1])}
 
 
 def aggregates(per_dataset: Mapping[str, Mapping], adversarial: Mapping[str, Mapping], id_name: str) -> dict:

@@ -132,7 +132,7 @@ def _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, runti
             clf, dataset, rank_share(dataset, range(n), runtime.rank, runtime.world_size), batch_size=cfg.batch_size,
             precision=cfg.precision, device=device, num_workers=auto_workers(cfg.workers, suite.loader_workers),
             partial_path=partial, partial_key=h, runtime=runtime,
-            progress=cfg.progress and rank == 0, desc=spec.name,
+            progress=cfg.progress and rank == 0, desc=spec.name, flag_order=range(n),
         )
         wall = time.perf_counter() - start
         if hasattr(dataset, "report"):  # image folders: counts of unreadable / skipped files

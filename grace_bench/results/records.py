@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from grace_bench.errors import UserError
+from grace_bench.results.flags import flag_list, unpack_flags
 from grace_bench.results.metrics import GEOMETRY_CONTAINERS, get_metric, register_declared
 from grace_bench.results.values import as_float, lookup
 from grace_bench.utils.npz import NPZ_READ_ERRORS
@@ -129,6 +130,11 @@ class CleanResult(_EvalResult):
     def top5(self) -> float | None:
         return as_float(self.metrics.get("top5"))
 
+    @property
+    def top1_flags(self) -> np.ndarray | None:
+        """Per-image top-1 correct flags in index order (``None`` for files written before they were stored)."""
+        return unpack_flags(self.metrics.get("top1_flags"), str(self.path or "clean result"))
+
 
 @dataclass
 class AdversarialResult(_EvalResult):
@@ -153,6 +159,17 @@ class AdversarialResult(_EvalResult):
     @property
     def robust_acc(self) -> float | None:
         return as_float(self.metrics.get("robust_acc"))
+
+    @property
+    def robust_flags(self) -> np.ndarray | None:
+        """Per-image robust flags, in the order of ``indices``."""
+        return flag_list(self.metrics.get("robust_flags"), str(self.path or "adversarial result"))
+
+    @property
+    def indices(self) -> list[int] | None:
+        """The dataset indices that were attacked."""
+        idx = self.metrics.get("indices")
+        return [int(i) for i in idx] if isinstance(idx, list) else None
 
 
 @dataclass

@@ -1,6 +1,8 @@
-"""The study's report: per-method tables (mean ± std over seeds), the claim-by-claim reading, the
-leaderboard and every figure, written into ``OUT`` (``study.md``, ``study.json``, ``leaderboard/``,
-``figures/``). Every number comes from the result files of this study.
+"""The study's report: per-method tables (mean ± std over seeds), paired differences against GRACE with
+their 95% intervals (over seeds and over test images, see ``study.stats``), the claim-by-claim reading with
+three-valued verdicts (``study.claims``), the leaderboard and every figure, written into ``OUT``
+(``study.md``, ``study.json``, ``leaderboard/``, ``figures/``). Every number comes from the result files of
+this study; the report stage only reads them (``--stages report`` reruns it on finished results).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from grace_bench.results.records import SummaryRecord, geometry_by_fingerprint, 
 from grace_bench.results.writer import write_record
 from grace_bench.study.claims import PAPER_TABLE6, accuracy_claims, claims_markdown, geometry_claims
 from grace_bench.study.recipe import WISE, ZERO_SHOT
+from grace_bench.study.rows import study_rows
 from grace_bench.study.state import StudyRun, total_times
+from grace_bench.study.stats import Bootstrap, PairedDiff, Row, paired_diff
 from grace_bench.utils.atomic import atomic_write_text
 from grace_bench.utils.runtime_info import runtime_info
 
@@ -81,19 +85,26 @@ def single_seed_stats(record: dict[str, Any]) -> dict[str, Any]:
     return {"group": "ablation", "n": 1, "seeds": [record["seed"]], "mean": mean, "std": dict.fromkeys(mean)}
 
 
-def geometry_values(run: StudyRun, records: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Per label (first seed): the geometry columns read from this study's geometry files."""
+def geometry_by_seed(run: StudyRun, records: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, float | None]]]:
+    """Per label and seed: the geometry columns of every checkpoint this study's geometry files cover."""
     if not run.geometry_dir.is_dir():
         return {}
     by_fp = geometry_by_fingerprint(load_geometry([run.geometry_dir]))
-    out: dict[str, dict[str, float | None]] = {}
-    first = run.recipe.seeds[0]
+    out: dict[str, dict[int, dict[str, float | None]]] = {}
     for r in records:
-        if r["seed"] != first or r["fingerprint"] not in by_fp or r["label"] in out:
-            continue
-        kinds = by_fp[r["fingerprint"]]
-        out[r["label"]] = {m.key: m.read_kinds(kinds) for m in geometry_metrics()}
+        if r["fingerprint"] in by_fp and r["seed"] not in out.get(r["label"], {}):
+            kinds = by_fp[r["fingerprint"]]
+            out.setdefault(r["label"], {})[r["seed"]] = {m.key: m.read_kinds(kinds) for m in geometry_metrics()}
     return out
+
+
+def geometry_values(run: StudyRun, records: list[dict[str, Any]],
+                    by_seed: dict[str, dict[int, dict[str, float | None]]] | None = None
+                    ) -> dict[str, dict[str, float | None]]:
+    """Per label (first seed): the geometry columns read from this study's geometry files."""
+    by_seed = geometry_by_seed(run, records) if by_seed is None else by_seed
+    first = run.recipe.seeds[0]
+    return {label: seeds[first] for label, seeds in by_seed.items() if first in seeds}
 
 
 def _cell(row: dict[str, Any], key: str) -> str:
@@ -103,17 +114,92 @@ def _cell(row: dict[str, Any], key: str) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}" if std is not None else f"{100 * mean:.2f}"
 
 
-def markdown_table(stats: dict[str, dict[str, Any]], groups: tuple[str, ...], datasets: list[str]) -> str:
-    """Markdown: one row per label of ``groups``, accuracies in % as mean ± std over seeds, sorted by HM."""
+GRACE = "grace"
+BESIDE_GRACE = ("grace-default",)  # GRACE at its spec defaults: shown right after the tuned row
+RECENT = "recent"  # newer baselines: after the paper's rows
+
+
+def _by_hm(rows: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    return sorted(rows, key=lambda lr: -(lr[1]["mean"].get("hm") or -1))
+
+
+def main_rows(stats: dict[str, dict[str, Any]], groups: tuple[str, ...]) -> list[tuple[str, dict[str, Any]] | None]:
+    """The rows of a table in order: each group of ``groups`` sorted by HM, a ``None`` separator before each
+    further group that has rows, and ``BESIDE_GRACE`` right after ``grace`` (in GRACE's table). Absent rows are
+    skipped."""
+    shown = {k: v for k, v in stats.items() if not k.startswith(f"{WISE} α")}
+    grace_group = shown[GRACE]["group"] if GRACE in shown else None
+    beside = [(k, shown[k]) for k in BESIDE_GRACE
+              if k in shown and grace_group is not None and shown[k]["group"] != "ablation"]
+    out: list[tuple[str, dict[str, Any]] | None] = []
+    for group in groups:
+        part = _by_hm([(k, v) for k, v in shown.items()
+                       if v["group"] == group and not (beside and k in BESIDE_GRACE)])
+        if group == grace_group:
+            at = next(j + 1 for j, (k, _) in enumerate(part) if k == GRACE)
+            part[at:at] = beside
+        if part and out:
+            out.append(None)
+        out.extend(part)
+    return out
+
+
+def markdown_table(stats: dict[str, dict[str, Any]], groups: tuple[str, ...], datasets: list[str],
+                   hm_vs_grace: dict[str, PairedDiff] | None = None) -> str:
+    """Markdown: one row per label of ``groups`` (see ``main_rows``), accuracies in % as mean ± std over seeds;
+    with ``hm_vs_grace`` a last column: the row's paired HM difference to GRACE and its two intervals."""
     aggs = aggregate_metrics()
     head = ["method", "seeds", *[d for d in datasets], *[m.title for m in aggs]]
+    if hm_vs_grace is not None:
+        head.append("HM − GRACE: mean [95% CI seeds] [95% CI images]")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    rows = [(label, row) for label, row in stats.items()
-            if row["group"] in groups and not label.startswith(f"{WISE} α")]
-    rows.sort(key=lambda lr: -(lr[1]["mean"].get("hm") or -1))
-    for label, row in rows:
-        cells = [f"**{label}**" if label == "grace" else label, str(row["n"]),
+    for item in main_rows(stats, groups):
+        if item is None:
+            lines.append("| " + " | ".join(["*newer baselines*", *[""] * (len(head) - 1)]) + " |")
+            continue
+        label, row = item
+        cells = [f"**{label}**" if label == GRACE else label, str(row["n"]),
                  *[_cell(row, f"top1/{d}") for d in datasets], *[_cell(row, m.key) for m in aggs]]
+        if hm_vs_grace is not None:
+            d = hm_vs_grace.get(label)
+            cells.append("—" if d is None else diff_cell(d))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def diff_cell(d: PairedDiff) -> str:
+    """``+1.23 [+0.40, +2.06] [+0.10, +2.30]`` in points (``—`` for a missing interval)."""
+    t = d.t.text(100) if d.t else "[— one seed]"
+    boot = d.boot.text(100) if d.boot else f"[— {d.boot_note}]"
+    return f"{100 * d.mean:+.2f} {t} {boot}"
+
+
+DIFF_METRICS = ("id", "ood_avg", "adv", "hm")
+
+
+def paired_differences(rows: dict[str, Row], labels: list[str], boot: Bootstrap | None
+                       ) -> dict[str, dict[str, PairedDiff]]:
+    """``label − grace`` on each of ``DIFF_METRICS`` for every label (GRACE aside) that shares a seed with it."""
+    if GRACE not in rows:
+        return {}
+    out: dict[str, dict[str, PairedDiff]] = {}
+    for label in labels:
+        if label == GRACE or label not in rows:
+            continue
+        diffs = {m: paired_diff(rows[label], rows[GRACE], m, boot) for m in DIFF_METRICS}
+        diffs = {m: d for m, d in diffs.items() if d is not None}
+        if diffs:
+            out[label] = diffs
+    return out
+
+
+def differences_table(diffs: dict[str, dict[str, PairedDiff]]) -> str:
+    """Markdown: per row, ``row − GRACE`` in points with its t-interval over seeds and bootstrap over images."""
+    head = ["method − GRACE", "paired seeds", *[get_metric(m).title for m in DIFF_METRICS]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, by_metric in diffs.items():
+        seeds = max((len(d.seeds) for d in by_metric.values()), default=0)
+        cells = [label, str(seeds), *[diff_cell(by_metric[m]) if m in by_metric else "—" for m in DIFF_METRICS]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -155,7 +241,7 @@ def draw_figures(run: StudyRun, stats: dict[str, dict[str, Any]], records: list[
     written: list[Path] = []
     points = {label: {"id": row["mean"]["id"], "ood": row["mean"]["ood_avg"], "adv": row["mean"]["adv"]}
               for label, row in stats.items()
-              if row["group"] in ("main", "lora") and not label.startswith(f"{WISE} α")
+              if row["group"] in ("main", "lora", RECENT) and not label.startswith(f"{WISE} α")
               and None not in (row["mean"]["id"], row["mean"]["ood_avg"], row["mean"]["adv"])}
     if points:
         plot_tradeoff(points, protocol=protocol, title="ID / OOD / Adv trade-off (mean over seeds)",
@@ -204,8 +290,13 @@ def write_report(run: StudyRun) -> dict[str, Any]:
 
     records, summaries = entry_records(run)
     stats = method_stats(records, summaries)
-    geo = geometry_values(run, records)
-    claims = accuracy_claims(stats) + geometry_claims(geo)
+    geo_seeds = geometry_by_seed(run, records)
+    geo = geometry_values(run, records, geo_seeds)
+    rows = study_rows(records, summaries)
+    boot = Bootstrap()
+    claims = accuracy_claims(rows, boot) + geometry_claims(geo, geo_seeds)
+    table_labels = [item[0] for item in main_rows(stats, ("main", RECENT)) if item is not None]
+    diffs = paired_differences(rows, table_labels, boot)
     board = build_leaderboard([run.results_dir, *([run.geometry_dir] if run.geometry_dir.is_dir() else [])],
                               run.out / "leaderboard", f"{run.recipe.suite} study")
     figures = draw_figures(run, stats, records)
@@ -217,6 +308,8 @@ def write_report(run: StudyRun) -> dict[str, Any]:
         "schema": "grace-bench/study/v1", "suite": recipe.suite, "recipe": recipe.to_dict(),
         "command": run_command(run), "timings_s": dict(run.timings), "entries": records, "methods": stats,
         "geometry": geo, "claims": [c.to_dict() for c in claims],
+        "statistics": {"bootstrap": boot.to_dict(), "rule": VERDICT_RULE,
+                       "vs_grace": {label: {m: d.to_dict() for m, d in by.items()} for label, by in diffs.items()}},
         "leaderboard": str(board.files[0]), "figures": [str(p) for p in figures],
         "runtime": runtime_info(),  # threads, CPU and GPU model: wall times and float details depend on them
         # write_record adds "created" and "versions" (package versions and the same runtime)
@@ -234,8 +327,11 @@ def write_report(run: StudyRun) -> dict[str, Any]:
         "",
         "## Main comparison (Table 6 style)",
         "",
-        markdown_table(stats, ("main",), datasets),
+        markdown_table(stats, ("main", RECENT), datasets,
+                       {k: v["hm"] for k, v in diffs.items() if "hm" in v} if GRACE in rows else None),
     ]
+    if diffs:
+        md += ["", "## Paired differences against GRACE", "", DIFFERENCES_NOTE, "", differences_table(diffs)]
     if any(s["group"] == "lora" for s in stats.values()):
         md += ["", "## LoRA variants (Table 7 style)", "", markdown_table(stats, ("lora",), datasets)]
     if any(s["group"] == "ablation" for s in stats.values()):
@@ -248,13 +344,27 @@ def write_report(run: StudyRun) -> dict[str, Any]:
                markdown_table(ablation, ("ablation",), datasets)]
     if geo:
         md += ["", f"## Geometry (seed {recipe.seeds[0]})", "", geometry_table(geo)]
-    md += ["", "## The paper's claims at this scale", "", claims_markdown(claims), "",
+    md += ["", "## The paper's claims at this scale", "", VERDICT_RULE, "", claims_markdown(claims), "",
            "## Paper (ImageNet, ViT-B/32) beside this study", "", paper_table(stats), "",
            "## Figures", "", *[f"![{p.stem}](figures/{p.name})" for p in figures], "",
            f"Wall time: {_timing_line(run)}.", ""]
     record["markdown"] = "\n".join(md)
     atomic_write_text(run.out / "study.md", record["markdown"])
     return write_record(run.out / "study.json", record, kind="study")
+
+
+DIFFERENCES_NOTE = (
+    "Per seed, the row's value minus GRACE's on the same seed (zero-shot, which does not depend on the seed, pairs "
+    "with every seed), in points: the mean over seeds, its 95% Student-t interval over seeds, and its 95% "
+    "bootstrap interval over test images (images of every test set resampled with replacement, the same draws for "
+    "both rows and every seed; 2000 replicates, seed recorded in `study.json`). \"no per-image data\": result "
+    "files written before the per-image flags were stored.")
+VERDICT_RULE = (
+    "Verdict rule (`grace_bench/study/claims.py`): a claim is a criterion d ≥ c on a paired difference d. It "
+    "**holds** when both 95% intervals (t over seeds, bootstrap over test images) lie wholly at or above c, "
+    "**does not hold** when both lie wholly below c, and is **inconclusive** when either straddles c or they "
+    "disagree; without per-image data the t-interval alone decides; with one seed there is no interval and the "
+    "verdict reads **single seed** (the geometry claims, measured on the first seed).")
 
 
 def run_command(run: StudyRun) -> str:
