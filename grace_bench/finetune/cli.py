@@ -50,6 +50,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     lo.add_argument("--lora-targets", dest="lora_targets", default=S,
                     help="comma list of attn_in,attn_out,mlp_fc,mlp_proj or parameter-name patterns")
     lo.add_argument("--lora-towers", dest="lora_towers", default=S, help="vision and/or text (default: the method's)")
+    lo.add_argument("--lora-split-qkv", dest="lora_split_qkv", action="store_true", default=S,
+                    help="one adapter per q, k, v slice of attn.in_proj_weight (default: the method's)")
+    lo.add_argument("--lora-scaling", dest="lora_scaling", choices=["standard", "sqrt"], default=S,
+                    help="alpha/r (standard) or alpha/sqrt(r) (default: the method's, else standard)")
     b = p.add_argument_group("bookkeeping")
     b.add_argument("--log-every", dest="log_every", type=int, default=S)
     b.add_argument("--eval-every", dest="eval_every", type=int, default=S, help="steps (0: every epoch)")

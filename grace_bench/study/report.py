@@ -236,6 +236,8 @@ def write_report(run: StudyRun) -> dict[str, Any]:
         "",
         markdown_table(stats, ("main",), datasets),
     ]
+    if any(s["group"] == "recent" for s in stats.values()):
+        md += ["", "## Recent baselines (2024-26)", "", markdown_table(stats, ("recent",), datasets)]
     if any(s["group"] == "lora" for s in stats.values()):
         md += ["", "## LoRA variants (Table 7 style)", "", markdown_table(stats, ("lora",), datasets)]
     if any(s["group"] == "ablation" for s in stats.values()):
