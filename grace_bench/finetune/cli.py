@@ -22,7 +22,8 @@ _METHOD_PREFIX = "m__"
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS
     g = p.add_argument_group("run")
-    g.add_argument("--method", default=S, help="ft, flyp, tecoa, fare, pmg-aft, grace (default: ft)")
+    g.add_argument("--method", default=S,
+                   help="ft, flyp, tecoa, fare, pmg-aft, grace, sim-clip, advclip-lora, laat (default: ft)")
     g.add_argument("--base", default=S, help="checkpoint spec to start from (default: micro)")
     g.add_argument("--suite", default=S, help="suite whose ID training split is used and whose training defaults "
                                               "fill unset settings (default: micro)")

@@ -23,7 +23,7 @@ from grace_bench.finetune.methods.fare import FARE
 if TYPE_CHECKING:  # pragma: no cover
     from grace_bench.finetune.config import FinetuneConfig
 
-SIMCLIP = ("Hossain et al. (Hossain & Imteaj), Sim-CLIP: Unsupervised Siamese Adversarial Fine-Tuning for Robust "
+SIMCLIP = ("Hossain & Imteaj, Sim-CLIP: Unsupervised Siamese Adversarial Fine-Tuning for Robust "
            "and Semantically-Rich Vision-Language Models, arXiv 2407.14971")
 CODE = SIMCLIP + "; code speedlab-git/SimCLIP @2388a87"
 TRAIN_PY = CODE + " train/adversarial_training_simclip.py"
