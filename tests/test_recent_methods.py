@@ -24,6 +24,21 @@ def _trainer(tmp_path, method, **kw):
     return Trainer(cfg_for(tmp_path, method=method, **kw), clip=fresh_clip(), train_data=data, val_data=None), data
 
 
+@pytest.mark.parametrize("method, lora, towers", [
+    ("sim-clip", 0, {"vision"}), ("sim-clip", 4, {"vision"}), ("laat", 0, {"vision"}), ("laat", 4, {"vision"}),
+    ("advclip-lora", 2, {"vision", "text"}),
+])
+def test_each_recent_method_and_its_lora_variant_trains_only_its_towers(tmp_path, method, lora, towers):
+    from grace_bench.finetune import checkpointing as ckpt
+    from grace_bench.finetune.methods.base import tower_of
+
+    res = run(cfg_for(tmp_path, method=method, lora_rank=lora, max_steps=2, lr=1e-2,
+                      method_args={} if method == "advclip-lora" else {"pgd_steps": 1}))
+    assert all(math.isfinite(r["loss"]) for r in res.history if "loss" in r)
+    start, end = fresh_clip().model.state_dict(), ckpt.load_tensors(res.run_dir / "model.safetensors")
+    assert {tower_of(k) for k in start if not torch.equal(start[k], end[k])} == towers
+
+
 # ------------------------------------------------------------------------------------------------ Sim-CLIP
 
 def test_simclip_loss_is_minus_half_for_identical_directions_and_zero_for_orthogonal():

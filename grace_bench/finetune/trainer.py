@@ -1,4 +1,5 @@
-"""The one training loop shared by every method: AdamW + warmup/cosine, clipping, bf16, checkpoints, resume, DDP.
+"""The one training loop shared by every method: AdamW (or the method's optimiser) + warmup/cosine, clipping, bf16,
+checkpoints, resume, DDP.
 
 ``train(config)`` loads the base checkpoint and the suite's ID training split, builds the method's
 ``TrainContext`` and runs. Determinism: the data order of epoch ``e`` is a permutation seeded by
