@@ -225,6 +225,10 @@ def test_laat_records_its_expansion_and_every_eval_head_applies_it(tmp_path):
     raw = build_zero_shot_head(clip.model.eval(), clip.tokenizer, MICRO_CLASSNAMES, MICRO_TEMPLATES)
     torch.testing.assert_close(clf.head, apply_head_transform(raw, spec))  # after template averaging
     assert not torch.allclose(clf.head, raw)
+    # the same weights under the plain head are another classifier: results and caches must not mix them
+    bare = load_checkpoint(str(res.run_dir / "model.safetensors"))
+    assert "head_transform" not in bare.info and bare.fingerprint() != clip.fingerprint()
+    torch.testing.assert_close(classifier_for(bare, get_suite("micro")).head, raw)
 
 
 def test_a_garbled_head_transform_is_a_user_error(tmp_path):

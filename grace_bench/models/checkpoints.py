@@ -240,6 +240,7 @@ def _load_run_dir(spec: RunDirSpec, *, base: str | None, trust_pickle: bool) -> 
     transform = validate_head_transform(config.get("head_transform"), str(spec.config))
     if transform is not None:  # e.g. LAAT: every head of this checkpoint gets the anchor expansion
         clip.info["head_transform"] = transform
+        clip.invalidate_fingerprint()
     if config.get("alpha") is not None:  # a WiSE-FT interpolation
         clip.info["alpha"] = float(config["alpha"])
     clip.info["format"] = "grace-bench-run"
