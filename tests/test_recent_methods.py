@@ -297,3 +297,23 @@ def test_micro_recent_methods_raise_pgd_accuracy_over_ft(recent_study, method):
     gain = s[method]["robust"] - s["ft"]["robust"]
     assert gain >= ROBUST_OVER_FT_MIN[method], \
         f"{method} robust {s[method]['robust']:.4f} vs FT {s['ft']['robust']:.4f}"
+
+
+def test_advclip_lora_shape_defaults_fill_only_unset_settings_of_lora_runs():
+    from grace_bench.finetune.config import FinetuneConfig, config_from_dict
+    from grace_bench.finetune.resolve import resolve_config
+
+    base = resolve_config(FinetuneConfig(method="advclip-lora", suite="micro"))
+    assert (base.lora_rank, base.lora_alpha, base.lora_dropout, base.lora_split_qkv, base.lora_scaling) == \
+        (2, 1.0, 0.25, True, "sqrt")
+    assert base.lora_towers == ["vision", "text"] and base.sources["lora_dropout"].startswith("method 'advclip-lora'")
+    flags = {"lora_dropout": 0.0, "lora_scaling": "standard"}
+    given = resolve_config(config_from_dict(flags, FinetuneConfig(method="advclip-lora", suite="micro"),
+                                            source="command line"))
+    assert given.lora_dropout == 0.0 and given.lora_scaling == "standard" and given.lora_split_qkv is True
+    full = resolve_config(FinetuneConfig(method="advclip-lora", suite="micro", lora_rank=0))
+    assert full.lora_dropout == 0.0 and full.lora_split_qkv is None  # no LoRA: no LoRA shape
+    other = resolve_config(FinetuneConfig(method="tecoa", suite="micro", lora_rank=4))
+    assert other.lora_split_qkv is None and other.lora_alpha is None  # other methods keep the plain layout
+    with pytest.raises(UserError, match="lora_scaling"):
+        resolve_config(FinetuneConfig(method="advclip-lora", suite="micro", lora_scaling="cube"))
