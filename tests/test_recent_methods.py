@@ -24,6 +24,24 @@ def _trainer(tmp_path, method, **kw):
     return Trainer(cfg_for(tmp_path, method=method, **kw), clip=fresh_clip(), train_data=data, val_data=None), data
 
 
+@pytest.mark.parametrize("method, origin", [
+    ("sim-clip", "speedlab-git/SimCLIP @2388a87"), ("advclip-lora", "sajjad-ucsb/AdvCLIP-LoRA @7b84015"),
+    ("laat", "LixiaoTHU/LAAT @7a78ff4"),
+])
+def test_every_default_names_its_paper_and_the_method_is_registered(method, origin):
+    from grace_bench.finetune.methods import get_method, list_methods
+    from grace_bench.study.recipe import BY_LABEL
+
+    cls = get_method(method)
+    assert method in list_methods() and BY_LABEL[method].group == "recent" and BY_LABEL[method].adversarial
+    hypers = {**cls.defaults, **cls.trainer_defaults}
+    assert {"lr", "weight_decay", "batch_size", "warmup_steps"} <= set(cls.trainer_defaults)
+    assert all(" et al." in h.source or "Hossain & Imteaj" in h.source for h in hypers.values()), method
+    assert any(origin in h.source for h in hypers.values())  # file and line at the official commit
+    if method == "laat":
+        assert "LAAT (CLIP adaptation)" in cls.description and "LAAT (CLIP adaptation)" in BY_LABEL[method].description
+
+
 @pytest.mark.parametrize("method, lora, towers", [
     ("sim-clip", 0, {"vision"}), ("sim-clip", 4, {"vision"}), ("laat", 0, {"vision"}), ("laat", 4, {"vision"}),
     ("advclip-lora", 2, {"vision", "text"}),
