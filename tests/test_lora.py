@@ -176,3 +176,61 @@ def test_extra_delta_adds_and_merge_ignores_it(tiny_clip):
 def test_bad_config_names_the_field(tiny_clip, kwargs, match):
     with pytest.raises(UserError, match=match):
         apply_lora(tiny_clip.model, LoRAConfig(**kwargs))
+
+
+def _qkv_layers(model, **kw):
+    cfg = LoRAConfig(rank=2, alpha=1.0, targets=("attn_in",), towers=("vision", "text"), split_qkv=True,
+                     scaling="sqrt", **kw)
+    return apply_lora(model, cfg)
+
+
+def test_split_qkv_adapter_equals_separate_q_k_v_updates(tiny_clip):
+    """AdvCLIP-LoRA's layout: one rank-r adapter per q/k/v slice of in_proj_weight, scaled alpha/sqrt(r)."""
+    import math
+
+    model = tiny_clip.model.eval()
+    packed = {n for n, _ in model.named_parameters() if n.endswith("attn.in_proj_weight")}
+    layers = _qkv_layers(model)
+    assert set(layers) == packed and any(n.startswith("visual.") for n in packed) and len(packed) >= 3
+    _randomise(layers)
+    for name, p in layers.items():
+        assert p.slices == 3 and p.lora_A.shape[:2] == (3, 2) and p.scale == pytest.approx(1 / math.sqrt(2))
+        w0 = p.base_weight().detach()
+        d = w0.shape[1]
+        q, k, v = (w0[i * d:(i + 1) * d] + (1 / math.sqrt(2)) * p.lora_B[i] @ p.lora_A[i] for i in range(3))
+        module = model.get_submodule(name.rpartition(".")[0])
+        torch.testing.assert_close(module.in_proj_weight, torch.cat([q, k, v]).detach())
+
+
+def test_split_qkv_merge_reproduces_the_adapted_forward(tiny_clip):
+    from grace_bench.models.loading import build_clip_model
+
+    model = tiny_clip.model.eval()
+    _randomise(_qkv_layers(model))
+    x, t = _inputs()
+    with torch.no_grad():
+        adapted = model.encode_image(x), model.encode_text(t)
+        plain = build_clip_model("tiny-clip").model.eval()
+        plain.load_state_dict(merge(model), strict=True)
+        torch.testing.assert_close(plain.encode_image(x), adapted[0])
+        torch.testing.assert_close(plain.encode_text(t), adapted[1])
+
+
+def test_split_qkv_dropout_draws_one_mask_per_slice(tiny_clip):
+    layers = _qkv_layers(tiny_clip.model, dropout=0.5)
+    p = next(iter(layers.values()))
+    with torch.no_grad():
+        p.lora_B.fill_(1.0)
+        p.lora_A.fill_(1.0)
+    torch.manual_seed(0)
+    delta = p.lora_delta(dropout=True)
+    d = delta.shape[1]
+    kept = [(delta[i * d] != 0) for i in range(3)]  # a dropped input column is zero in every row of its slice
+    assert not (torch.equal(kept[0], kept[1]) and torch.equal(kept[1], kept[2]))
+    values = sorted(float(v) for v in delta.unique())  # B@A = r per entry; a kept column is scaled by 1/(1-p)
+    assert values[0] == 0.0 and values[-1] == pytest.approx(2 * 2 * p.scale) and len(values) == 2
+
+
+def test_scaling_rule_is_validated():
+    with pytest.raises(UserError, match="lora.scaling"):
+        LoRAConfig(rank=2, scaling="cube").validate()

@@ -50,7 +50,8 @@ def final_weights(run_dir):
 @pytest.mark.parametrize("kw", [
     dict(method="ft", lora_rank=2, lora_dropout=0.2),  # LoRA dropout draws from the global RNG: restored on resume
     dict(method="tecoa", max_steps=5, method_args={"pgd_steps": 1}),
-], ids=["ft-lora-dropout", "tecoa-full"])
+    dict(method="advclip-lora", max_steps=5),  # the universal delta carried across batches is method state
+], ids=["ft-lora-dropout", "tecoa-full", "advclip-lora-universal-delta"])
 def test_resume_after_kill_is_bit_identical(tmp_path, kw):
     straight = run(cfg_for(tmp_path, "straight", **kw))
     # killed after step 3, one step past its last checkpoint (step 2): the resume replays step 3

@@ -41,6 +41,7 @@ def pgd_attack(
     target: torch.Tensor | None = None,
     loss_fn: LossFn | None = None,
     generator: torch.Generator | None = None,
+    momentum: float = 0.0,
 ) -> torch.Tensor:
     """Maximise a per-sample loss within the ``norm`` ball of radius ``eps`` around ``x``; returns ``x_adv``.
 
@@ -48,6 +49,9 @@ def pgd_attack(
     attack instead pushes towards ``target`` (minimises CE to it / maximises its margin). ``loss_fn(x_adv)``
     replaces both with any per-sample objective to maximise (e.g. FARE's embedding distance). The result
     is detached, lies in [0, 1] and within the ball; ``generator`` seeds the random start.
+
+    ``momentum`` > 0 (l-inf only) accumulates the sign steps, ``v <- momentum * v + sign(g)``, and steps along
+    ``sign(v)`` (Sim-CLIP's training attack); 0 is plain PGD.
     """
     eps_f = parse_eps(eps)
     alpha = parse_eps(step_size)
@@ -56,11 +60,14 @@ def pgd_attack(
         raise UserError(f"PGD steps must be >= 0, got {steps}")
     if loss not in ("ce", "margin"):
         raise UserError(f"unknown PGD loss {loss!r}; use 'ce' or 'margin'")
+    if momentum and norm != "Linf":
+        raise UserError(f"PGD momentum is defined for Linf only, got norm {norm!r}; set momentum to 0")
     objective = loss_fn if loss_fn is not None else _label_objective(model, y, loss, targeted, target)
 
     x = x.detach()
     delta = _random_start(x, eps_f, norm, generator) if random_start and eps_f > 0 else torch.zeros_like(x)
     x_adv = (x + delta).clamp_(0.0, 1.0)
+    velocity = torch.zeros_like(x) if momentum else None
     for _ in range(steps):
         x_adv.requires_grad_(True)
         with torch.enable_grad():
@@ -71,7 +78,11 @@ def pgd_attack(
         with torch.no_grad():
             if grad is None:
                 grad = torch.zeros_like(x)
-            x_adv = x_adv.detach() + alpha * _ascent_direction(grad, norm)
+            direction = _ascent_direction(grad, norm)
+            if velocity is not None:
+                velocity = momentum * velocity + direction
+                direction = velocity.sign()
+            x_adv = x_adv.detach() + alpha * direction
             x_adv = _project(x_adv, x, eps_f, norm)
     return x_adv.detach()
 

@@ -39,10 +39,17 @@ def cached_head(
     progress: bool = False,
     use_disk: bool = True,
 ) -> torch.Tensor:
-    """The (D, C) zero-shot head of ``clip``'s own text tower, from cache when possible."""
+    """The (D, C) zero-shot head of ``clip``'s own text tower, from cache when possible.
+
+    The checkpoint's recorded head transform (``clip.info["head_transform"]``, e.g. LAAT's anchor expansion)
+    is applied after template averaging; the caches hold the untransformed head.
+    """
+    from grace_bench.models.head_transform import apply_head_transform
+
+    transform = clip.info.get("head_transform")
     key = head_cache_key(clip.fingerprint(), templates, classnames)
     if key in _MEMORY:
-        return _MEMORY[key].to(device)
+        return apply_head_transform(_MEMORY[key].to(device), transform)
     path = head_cache_dir() / ("-".join(k[:16] for k in key) + ".safetensors")
     if use_disk and path.exists():
         from safetensors.torch import load_file
@@ -55,7 +62,7 @@ def cached_head(
         if use_disk:
             atomic_save_safetensors(path, {"head": head}, metadata={"fingerprint": clip.fingerprint()})
     _MEMORY[key] = head
-    return head.to(device)
+    return apply_head_transform(head.to(device), transform)
 
 
 def classifier_for(

@@ -22,7 +22,8 @@ _METHOD_PREFIX = "m__"
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS
     g = p.add_argument_group("run")
-    g.add_argument("--method", default=S, help="ft, flyp, tecoa, fare, pmg-aft, grace (default: ft)")
+    g.add_argument("--method", default=S,
+                   help="ft, flyp, tecoa, fare, pmg-aft, grace, sim-clip, advclip-lora, laat (default: ft)")
     g.add_argument("--base", default=S, help="checkpoint spec to start from (default: micro)")
     g.add_argument("--suite", default=S, help="suite whose ID training split is used and whose training defaults "
                                               "fill unset settings (default: micro)")
@@ -50,6 +51,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     lo.add_argument("--lora-targets", dest="lora_targets", default=S,
                     help="comma list of attn_in,attn_out,mlp_fc,mlp_proj or parameter-name patterns")
     lo.add_argument("--lora-towers", dest="lora_towers", default=S, help="vision and/or text (default: the method's)")
+    lo.add_argument("--lora-split-qkv", dest="lora_split_qkv", action="store_true", default=S,
+                    help="one adapter per q, k, v slice of attn.in_proj_weight (default: the method's)")
+    lo.add_argument("--lora-scaling", dest="lora_scaling", choices=["standard", "sqrt"], default=S,
+                    help="alpha/r (standard) or alpha/sqrt(r) (default: the method's, else standard)")
     b = p.add_argument_group("bookkeeping")
     b.add_argument("--log-every", dest="log_every", type=int, default=S)
     b.add_argument("--eval-every", dest="eval_every", type=int, default=S, help="steps (0: every epoch)")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from grace_bench.errors import UserError
-from grace_bench.models.lora import DEFAULT_TARGETS, TARGET_SUFFIXES, TOWER_PREFIXES
+from grace_bench.models.lora import DEFAULT_TARGETS, SCALINGS, TARGET_SUFFIXES, TOWER_PREFIXES
 from grace_bench.utils.parsing import parse_bool, parse_number
 
 PRECISIONS = ("fp32", "bf16")
@@ -27,9 +27,11 @@ RUNTIME_KEYS = frozenset({"resume", "device", "num_workers", "log_every", "progr
                           "trust_pickle", "keep_last", "eval_every", "save_every", "val_split", "val_max_samples",
                           "sources"})
 # Keys of config.json written by us; ignored when such a file is read back as a config.
-WRITTEN_KEYS = frozenset({"arch", "method_config", "resolved", "versions", "created", "sources"})
+WRITTEN_KEYS = frozenset({"arch", "method_config", "resolved", "versions", "created", "sources", "head_transform"})
 # Trainer settings a method may give paper defaults for (None in the dataclass means "method decides").
 METHOD_TUNABLE = ("lr", "weight_decay", "batch_size", "epochs", "max_steps", "warmup_steps", "lora_rank")
+# LoRA shape settings a method may give paper defaults for (applied only to LoRA runs, when left unset).
+LORA_SHAPE_KEYS = ("lora_alpha", "lora_dropout", "lora_targets", "lora_towers", "lora_split_qkv", "lora_scaling")
 FALLBACK = {"lr": 1e-5, "weight_decay": 0.1, "batch_size": 128, "epochs": 10.0, "warmup_steps": 500, "lora_rank": 0}
 # Where a value came from (config.json "sources"); suite and method sources are built from their data.
 FROM_CLI = "command line"
@@ -67,6 +69,8 @@ class FinetuneConfig:
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     lora_towers: list[str] | None = None
+    lora_split_qkv: bool | None = None  # None: the method's default, else False (one adapter on packed q/k/v)
+    lora_scaling: str | None = None  # None: the method's default, else "standard" (alpha/r); "sqrt": alpha/sqrt(r)
     # bookkeeping
     log_every: int = 10
     eval_every: int = 0
@@ -245,6 +249,10 @@ def validate_config(cfg: FinetuneConfig) -> FinetuneConfig:
         for t in cfg.lora_towers:
             if t not in TOWER_PREFIXES:
                 raise UserError(f"config key 'lora_towers': unknown tower {t!r}; use 'vision' and/or 'text'")
+    if cfg.lora_split_qkv is not None:
+        cfg.lora_split_qkv = _bool("lora_split_qkv", cfg.lora_split_qkv)
+    if cfg.lora_scaling is not None and cfg.lora_scaling not in SCALINGS:
+        raise UserError(f"config key 'lora_scaling' must be one of {', '.join(SCALINGS)}, got {cfg.lora_scaling!r}")
     for key in ("log_every", "keep_last"):
         setattr(cfg, key, _number(key, getattr(cfg, key), integer=True, minimum=1))
     for key in ("eval_every", "save_every", "num_workers"):

@@ -16,6 +16,7 @@ from grace_bench.finetune.config import (
     FROM_BUILTIN,
     FROM_CALLER,
     FROM_FALLBACK,
+    LORA_SHAPE_KEYS,
     METHOD_TUNABLE,
     FinetuneConfig,
     _jsonish,
@@ -61,6 +62,10 @@ def resolve_config(cfg: FinetuneConfig, method_cls: type | None = None) -> Finet
             fill(key, paper[key].value, f"{method_source} ({paper[key].source})")
         elif key in FALLBACK:
             fill(key, FALLBACK[key], FROM_FALLBACK)
+    if int(cfg.lora_rank) > 0:  # the method's LoRA shape (AdvCLIP-LoRA: alpha, dropout, q/k/v slices), if unset
+        for key in LORA_SHAPE_KEYS:
+            if key in paper and cfg.sources.get(key) == FROM_BUILTIN:
+                fill(key, paper[key].value, f"{method_source} ({paper[key].source})")
     method_defaults = getattr(method_cls, "defaults", {})
     if suite is not None:
         for key, value in suite.method_args.items():

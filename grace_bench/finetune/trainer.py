@@ -1,4 +1,5 @@
-"""The one training loop shared by every method: AdamW + warmup/cosine, clipping, bf16, checkpoints, resume, DDP.
+"""The one training loop shared by every method: AdamW (or the method's optimiser) + warmup/cosine, clipping, bf16,
+checkpoints, resume, DDP.
 
 ``train(config)`` loads the base checkpoint and the suite's ID training split, builds the method's
 ``TrainContext`` and runs. Determinism: the data order of epoch ``e`` is a permutation seeded by
@@ -84,14 +85,14 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def cosine_schedule(warmup: int, total: int):
-    """LR multiplier: linear warmup over ``warmup`` steps to 1, then cosine decay to 0 at ``total``."""
+def cosine_schedule(warmup: int, total: int, floor: float = 0.0):
+    """LR multiplier: linear warmup over ``warmup`` steps to 1, then cosine decay to ``floor`` at ``total``."""
 
     def factor(step: int) -> float:
         if warmup > 0 and step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
 
@@ -121,8 +122,9 @@ class Trainer:
         self.params = self._select_trainable()
         self.optimizer = self._build_optimizer()
         self._schedule_lengths()
+        self.ctx.steps_per_epoch = self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, cosine_schedule(self.warmup_steps, self.total_steps))
+            self.optimizer, cosine_schedule(self.warmup_steps, self.total_steps, self.method.min_lr_factor(self.cfg)))
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
@@ -193,7 +195,8 @@ class Trainer:
             towers = self.cfg.lora_towers or [t for t in self.method.towers if t in ("vision", "text")]
             self.lora_config = LoRAConfig(rank=self.cfg.lora_rank, alpha=self.cfg.lora_alpha,
                                           dropout=self.cfg.lora_dropout, targets=tuple(self.cfg.lora_targets),
-                                          towers=tuple(towers))
+                                          towers=tuple(towers), split_qkv=bool(self.cfg.lora_split_qkv),
+                                          scaling=self.cfg.lora_scaling or "standard")
             apply_lora(model, self.lora_config)
         if self.cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
@@ -234,8 +237,7 @@ class Trainer:
             (no_decay if p.ndim < 2 or tower_of(name) == "logit" else decay).append(p)
         groups = [{"params": decay, "weight_decay": float(self.cfg.weight_decay)},
                   {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=float(self.cfg.lr),
-                                 betas=tuple(self.cfg.adam_betas), eps=float(self.cfg.adam_eps))
+        return self.method.build_optimizer([g for g in groups if g["params"]], self.cfg)
 
     def _schedule_lengths(self) -> None:
         n = len(self.train_set)
@@ -327,6 +329,7 @@ class Trainer:
             "arch": self.clip.arch,
             "method_config": self.method.config_record(),
             "lora": self.lora_config.to_dict() if self.lora_config else None,
+            "head_transform": self.method.head_transform(),
             "trainable": {"tensors": len(self.params), "numel": int(sum(p.numel() for p in self.params))},
             "train_size": len(self.train_set),
             "val_size": None if self.val_set is None else len(self.val_set),

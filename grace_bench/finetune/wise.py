@@ -100,12 +100,15 @@ def write_wise_runs(zs_spec: str, ft_spec: str, alphas: list[float], out: str | 
 
 def wise_config(zs: Any, ft: Any, zs_spec: str, ft_spec: str, alpha: float) -> dict[str, Any]:
     """The run config of one interpolated checkpoint (readable by ``load_checkpoint("<dir>")``)."""
-    return {
+    record = {
         "arch": zs.arch, "base": zs_spec, "method": "wise-ft", "alpha": alpha,
         "zero_shot": {"spec": zs_spec, "fingerprint": zs.fingerprint()},
         "fine_tuned": {"spec": ft_spec, "fingerprint": ft.fingerprint(), "method": ft.info.get("method")},
         "formula": "(1 - alpha) * zero_shot + alpha * fine_tuned over the whole state dict",
     }
+    if ft.info.get("head_transform") is not None:  # LAAT: the text tower is frozen, so the expansion carries over
+        record["head_transform"] = ft.info["head_transform"]
+    return record
 
 
 def wise_label(alpha: float) -> str:

@@ -20,6 +20,7 @@ import torch
 
 from grace_bench.errors import UserError
 from grace_bench.models.clip_model import ClipModel, register_model_configs
+from grace_bench.models.head_transform import validate_head_transform
 from grace_bench.models.sniff import Sniffed, sniff_checkpoint
 from grace_bench.models.specs import (
     FileSpec,
@@ -271,6 +272,10 @@ def _load_run_dir(spec: RunDirSpec, *, base: str | None, trust_pickle: bool) -> 
     clip = _fill(clip, obj, source=str(spec.weights), base=base or config.get("base"), trust_pickle=trust_pickle)
     clip.base_spec = base or config.get("base")
     clip.info.update(run_dir=str(spec.config.parent), method=config.get("method"))
+    transform = validate_head_transform(config.get("head_transform"), str(spec.config))
+    if transform is not None:  # e.g. LAAT: every head of this checkpoint gets the anchor expansion
+        clip.info["head_transform"] = transform
+        clip.invalidate_fingerprint()
     if config.get("alpha") is not None:  # a WiSE-FT interpolation
         clip.info["alpha"] = float(config["alpha"])
     clip.info["format"] = "grace-bench-run"

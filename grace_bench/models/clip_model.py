@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,9 +47,18 @@ class ClipModel:
     _fingerprint: str | None = field(default=None, repr=False)
 
     def fingerprint(self) -> str:
-        """sha256 over the model's tensors (names, dtypes, shapes, bytes); cached after the first call."""
+        """sha256 over the model's tensors (names, dtypes, shapes, bytes); cached after the first call.
+
+        A recorded head transform (``info["head_transform"]``, LAAT) is hashed in too: the same weights under
+        another zero-shot head are another classifier, so their results must not share a cache entry.
+        """
         if self._fingerprint is None:
-            self._fingerprint = state_dict_fingerprint(self.model.state_dict())
+            fingerprint = state_dict_fingerprint(self.model.state_dict())
+            transform = self.info.get("head_transform")
+            if transform is not None:
+                text = fingerprint + json.dumps(transform, sort_keys=True)
+                fingerprint = hashlib.sha256(text.encode()).hexdigest()
+            self._fingerprint = fingerprint
         return self._fingerprint
 
     def invalidate_fingerprint(self) -> None:

@@ -16,6 +16,14 @@ drop input features of ``A`` instead: ``dW = (alpha/r) * B @ (A * m / (1 - p))``
 token and every sample of that forward pass. It is active only in ``train()`` mode; the default is
 ``p = 0`` (the GRACE paper states no LoRA dropout).
 
+Per-slice adapters (AdvCLIP-LoRA). OpenCLIP packs the q, k and v projections of a block into one
+``attn.in_proj_weight`` of shape (3D, D). With ``split_qkv=True`` that weight gets one rank-r adapter per
+slice, ``dW = scale * [B_q A_q; B_k A_k; B_v A_v]`` (``lora_A`` (3, r, D), ``lora_B`` (3, D, r)), exactly
+separate LoRA layers on separate q, k, v linears; each slice draws its own dropout mask.
+
+Scaling: ``alpha / r`` (``scaling="standard"``) or ``alpha / sqrt(r)`` (``scaling="sqrt"``, rsLoRA's rule,
+AdvCLIP-LoRA's code).
+
 Extra additive term (used by GRACE's LAR-AWP): set ``layer.extra_delta`` to a zero-argument callable
 returning a tensor shaped like the weight; while it is set, ``W = W0 + dW_lora + extra_delta()``.
 It is a plain attribute (not a submodule), so it never enters ``state_dict()``; ``merge()`` ignores it.
@@ -47,6 +55,9 @@ TOWER_PREFIXES: dict[str, str] = {
     "text": "transformer.resblocks.",
 }
 DEFAULT_TARGETS: tuple[str, ...] = ("attn_in", "attn_out", "mlp_fc", "mlp_proj")
+# The packed q/k/v projection that ``split_qkv`` cuts into three slices, and the scaling rules.
+QKV_SUFFIX = "attn.in_proj_weight"
+SCALINGS: tuple[str, ...] = ("standard", "sqrt")
 
 
 @dataclass
@@ -64,11 +75,14 @@ class LoRAConfig:
     dropout: float = 0.0
     targets: Sequence[str] = DEFAULT_TARGETS
     towers: Sequence[str] = ("vision",)
+    split_qkv: bool = False
+    scaling: str = "standard"
     extra: dict = field(default_factory=dict)
 
     @property
     def scale(self) -> float:
-        return float(self.resolved_alpha) / self.rank
+        denominator = math.sqrt(self.rank) if self.scaling == "sqrt" else self.rank
+        return float(self.resolved_alpha) / denominator
 
     @property
     def resolved_alpha(self) -> float:
@@ -90,11 +104,14 @@ class LoRAConfig:
         for tw in self.towers:
             if tw not in TOWER_PREFIXES:
                 raise UserError(f"lora.towers: unknown tower {tw!r}; use 'vision' and/or 'text'")
+        if self.scaling not in SCALINGS:
+            raise UserError(f"lora.scaling must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
 
     def to_dict(self) -> dict:
         return {
             "rank": self.rank, "alpha": self.resolved_alpha, "dropout": self.dropout,
-            "targets": list(self.targets), "towers": list(self.towers),
+            "targets": list(self.targets), "towers": list(self.towers), "split_qkv": bool(self.split_qkv),
+            "scaling": self.scaling, "scale": self.scale,
         }
 
 
@@ -107,26 +124,39 @@ class LoRAParametrization(nn.Module):
     """
 
     def __init__(self, out_features: int, in_features: int, rank: int, scale: float, dropout: float = 0.0,
-                 *, device=None, dtype=None) -> None:
+                 *, slices: int = 1, device=None, dtype=None) -> None:
         super().__init__()
+        if slices < 1 or out_features % slices:
+            raise ValueError(f"cannot cut {out_features} output rows into {slices} equal slices")
         self.rank = rank
         self.scale = float(scale)
         self.dropout = float(dropout)
-        self.lora_A = nn.Parameter(torch.empty(rank, in_features, device=device, dtype=dtype))
-        self.lora_B = nn.Parameter(torch.zeros(out_features, rank, device=device, dtype=dtype))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.slices = int(slices)
+        if slices == 1:
+            self.lora_A = nn.Parameter(torch.empty(rank, in_features, device=device, dtype=dtype))
+            self.lora_B = nn.Parameter(torch.zeros(out_features, rank, device=device, dtype=dtype))
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        else:
+            self.lora_A = nn.Parameter(torch.empty(slices, rank, in_features, device=device, dtype=dtype))
+            self.lora_B = nn.Parameter(torch.zeros(slices, out_features // slices, rank, device=device, dtype=dtype))
+            for a in self.lora_A:  # each slice initialised like its own (r, in) factor
+                nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         self.extra_delta: Callable[[], torch.Tensor] | None = None
         self.name: str = ""
         # Set by ``apply_lora``; kept out of ``_modules`` so it is not a child module (no double counting).
         object.__setattr__(self, "_owner", None)
 
     def lora_delta(self, *, dropout: bool = False) -> torch.Tensor:
-        """``scale * B @ A``; with ``dropout=True`` (and p > 0) the input columns of A are dropped."""
+        """``scale * B @ A`` (slices stacked by rows); with ``dropout=True`` (p > 0) input columns of A are dropped."""
         a = self.lora_A
         if dropout and self.dropout > 0.0:
-            keep = torch.empty(a.shape[1], device=a.device, dtype=a.dtype).bernoulli_(1.0 - self.dropout)
+            mask_shape = (a.shape[-1],) if self.slices == 1 else (self.slices, 1, a.shape[-1])
+            keep = torch.empty(mask_shape, device=a.device, dtype=a.dtype).bernoulli_(1.0 - self.dropout)
             a = a * (keep / (1.0 - self.dropout))
-        return self.scale * (self.lora_B @ a)
+        delta = self.lora_B @ a
+        if self.slices > 1:
+            delta = delta.reshape(-1, a.shape[-1])
+        return self.scale * delta
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         w = weight + self.lora_delta(dropout=self.training).to(weight.dtype)
@@ -147,7 +177,7 @@ class LoRAParametrization(nn.Module):
         return (w0 + self.lora_delta().to(w0.dtype)).detach()
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, scale={self.scale:g}, dropout={self.dropout:g}"
+        return f"rank={self.rank}, scale={self.scale:g}, dropout={self.dropout:g}, slices={self.slices}"
 
 
 def _target_names(model: nn.Module, config: LoRAConfig) -> list[str]:
@@ -187,7 +217,8 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> dict[str, LoRAParametriz
         out_f, in_f = weight.shape
         if config.rank > min(out_f, in_f):
             raise UserError(f"lora.rank {config.rank} exceeds the smallest dimension {min(out_f, in_f)} of {name}")
-        p = LoRAParametrization(out_f, in_f, config.rank, config.scale, config.dropout,
+        slices = 3 if config.split_qkv and name.endswith("." + QKV_SUFFIX) else 1
+        p = LoRAParametrization(out_f, in_f, config.rank, config.scale, config.dropout, slices=slices,
                                 device=weight.device, dtype=weight.dtype)
         p.name = name
         parametrize.register_parametrization(module, tensor_name, p, unsafe=True)

@@ -33,6 +33,9 @@ METHOD_STYLE: dict[str, tuple[int, str]] = {
     "fare": (5, "P"),
     "pmg-aft": (6, "X"),
     "grace": (3, "*"),
+    "sim-clip": (5, "<"),  # FARE's colour: a FARE variant
+    "advclip-lora": (1, ">"),  # LoRA-TeCoA's colour: adversarial CE with LoRA
+    "laat": (4, "d"),  # TeCoA's colour: adversarial CE against a text head
     "lora-ft": (8, "h"),
     "lora-tecoa": (1, "p"),
 }

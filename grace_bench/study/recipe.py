@@ -26,7 +26,7 @@ class MethodSpec:
 
     label: str
     method: str  # trainer method name; "" for the zero-shot model, "wise" for WiSE-FT
-    group: str  # main | lora | ablation
+    group: str  # main | lora | ablation | recent
     description: str
     lora_rank: int | None = None  # None: the method's default (GRACE: 64); 0: full fine-tuning
     method_args: tuple[tuple[str, Any], ...] = ()
@@ -51,6 +51,12 @@ CATALOGUE: tuple[MethodSpec, ...] = (
                adversarial=True),
     MethodSpec("grace", "grace", "main", "LoRA + LAR-AWP with curvature curriculum + Gram-volume loss",
                adversarial=True),
+    MethodSpec("sim-clip", "sim-clip", "recent", "Sim-CLIP: FARE with -cos to the frozen clean embedding, "
+               "momentum PGD", lora_rank=0, adversarial=True, all_seeds=True),
+    MethodSpec("advclip-lora", "advclip-lora", "recent", "AdvCLIP-LoRA: LoRA r=2 on q/k/v of both towers, CE on a "
+               "universal perturbation", lora_rank=2, adversarial=True, all_seeds=True),
+    MethodSpec("laat", "laat", "recent", "LAAT (CLIP adaptation): CE to expanded text anchors + clean/adv cosine",
+               lora_rank=0, adversarial=True, all_seeds=True),
     MethodSpec("ft-lora", "ft", "lora", "FT with LoRA rank 64 (Table 7)", lora_rank=64, all_seeds=False),
     MethodSpec("tecoa-lora", "tecoa", "lora", "TeCoA with LoRA rank 64 (Table 7)", lora_rank=64, adversarial=True,
                all_seeds=False),

@@ -1,4 +1,4 @@
-"""Registry of fine-tuning methods by name (``ft``, ``flyp``, ``tecoa``, ``fare``, ``pmg-aft``, ``grace``)."""
+"""Registry of fine-tuning methods by name (``ft``, ``flyp``, ``tecoa``, ``fare``, ``pmg-aft``, ``grace``, ...)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ METHODS: Registry[type[Method]] = Registry("method", {
     "fare": "grace_bench.finetune.methods.fare:FARE",
     "pmg-aft": "grace_bench.finetune.methods.pmg_aft:PMGAFT",
     "grace": "grace_bench.finetune.grace.method:GraceMethod",
+    "sim-clip": "grace_bench.finetune.methods.simclip:SimCLIP",
+    "advclip-lora": "grace_bench.finetune.methods.advclip_lora:AdvCLIPLoRA",
+    "laat": "grace_bench.finetune.methods.laat:LAAT",
 })
 
 

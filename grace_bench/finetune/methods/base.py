@@ -76,6 +76,8 @@ class TrainContext:
       when ``Method.needs_frozen`` (FARE, PMG-AFT). ``requires_grad`` is off and it stays in eval mode.
     * ``hparams``: the method's resolved hyperparameters (defaults overridden by the config's method args).
     * ``lora``: ``{name: LoRAParametrization}`` (empty without LoRA); GRACE hangs its AWP term on these.
+    * ``steps_per_epoch``: optimiser steps per epoch (set by the trainer once the schedule is known).
+    * ``head_transform``: applied to every head ``build_head`` returns (LAAT's anchor expansion), or None.
     """
 
     clip: ClipModel
@@ -89,6 +91,8 @@ class TrainContext:
     dist: DistInfo
     frozen: ZeroShotClassifier | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    steps_per_epoch: int = 0
+    head_transform: dict[str, Any] | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -112,8 +116,12 @@ class TrainContext:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def build_head(self, templates: Sequence[str] | None = None, model: nn.Module | None = None) -> torch.Tensor:
-        """Class embeddings (D, C) from ``model``'s (default: the trained model's) own text tower."""
+    def build_head(self, templates: Sequence[str] | None = None, model: nn.Module | None = None, *,
+                   raw: bool = False) -> torch.Tensor:
+        """Class embeddings (D, C) from ``model``'s (default: the trained model's) own text tower.
+
+        ``head_transform`` is applied unless ``raw``.
+        """
         m = self.clip.model if model is None else model
         was_training = m.training
         m.eval()
@@ -122,7 +130,12 @@ class TrainContext:
                                         list(templates or self.train_templates), device=self.device)
         finally:
             m.train(was_training)
-        return head.float()
+        head = head.float()
+        if self.head_transform is not None and not raw:
+            from grace_bench.models.head_transform import apply_head_transform
+
+            head = apply_head_transform(head, self.head_transform)
+        return head
 
     def refresh_head(self, templates: Sequence[str] | None = None) -> None:
         """Rebuild ``classifier.head`` in place from the current text tower (training templates by default)."""
@@ -244,6 +257,22 @@ class Method:
     def loss(self, ctx: TrainContext, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training loss on ``batch`` at optimiser step ``step`` and detached scalars to log."""
         raise NotImplementedError
+
+    def build_optimizer(self, groups: list[dict[str, Any]], config: FinetuneConfig) -> torch.optim.Optimizer:
+        """The optimiser over the trainer's parameter ``groups`` (with and without weight decay). Default: AdamW."""
+        return torch.optim.AdamW(groups, lr=float(config.lr), betas=tuple(config.adam_betas),
+                                 eps=float(config.adam_eps))
+
+    def min_lr_factor(self, config: FinetuneConfig) -> float:
+        """Where the cosine schedule ends, as a fraction of the peak lr. Default: 0 (decay to 0)."""
+        return 0.0
+
+    def head_transform(self) -> dict[str, Any] | None:
+        """A transform every zero-shot head of the trained model must get (``models.head_transform``), or None.
+
+        The trainer records it in ``config.json`` and ``eval`` applies it to every head it builds for the run.
+        """
+        return None
 
     def after_step(self, ctx: TrainContext, step: int) -> None:
         """Called after each optimiser step (e.g. FLYP refreshes its head, GRACE updates its curriculum)."""

@@ -39,7 +39,15 @@ class FARE(Method):
     def _embed(self, ctx: TrainContext, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         clf = ctx.classifier
         emb = model.encode_image((x - clf.mean) / clf.std)
-        return F.normalize(emb, dim=-1) if self.hparams["normalize_embeddings"] else emb
+        return F.normalize(emb, dim=-1) if self.hparams.get("normalize_embeddings", False) else emb
+
+    def _l2_to(self, ctx: TrainContext, target: torch.Tensor):
+        """Per-sample ``||phi_theta(x_in) - target||^2`` as a function of ``x_in`` (FARE's loss and attack)."""
+
+        def per_sample(x_in: torch.Tensor) -> torch.Tensor:
+            return (self._embed(ctx, ctx.model, x_in).float() - target).pow(2).sum(dim=1)
+
+        return per_sample
 
     def loss(self, ctx: TrainContext, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, _ = batch
@@ -47,9 +55,7 @@ class FARE(Method):
         with torch.no_grad():
             target = self._embed(ctx, ctx.frozen.model, x).float()
 
-        def per_sample(x_in: torch.Tensor) -> torch.Tensor:
-            return (self._embed(ctx, ctx.model, x_in).float() - target).pow(2).sum(dim=1)
-
+        per_sample = self._l2_to(ctx, target)
         x_adv = ctx.pgd(ctx.classifier, x, None, step, loss_fn=per_sample)
         adv = per_sample(x_adv).mean()
         w = float(self.hparams["clean_weight"])
