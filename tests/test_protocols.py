@@ -218,3 +218,35 @@ def test_micro_cli_runs_a_preset_and_writes_per_eps_results_naming_it(name, args
     assert {r["config"]["eps"] for r in adv} == set(eps_list)
     assert {r["protocol_preset"]["name"] for r in adv} == {name}
     assert len(adv) == len(eps_list) * len({r["dataset"]["name"] for r in adv})
+
+
+def test_leaderboard_builds_one_table_per_protocol_and_never_mixes(tiny_clip, tmp_path):
+    from grace_bench.leaderboard.build import build_leaderboard, build_per_protocol
+
+    register_tiny_zero_shot()
+    run_eval(_cfg(tmp_path, limit=3), clip=tiny_clip)
+    tecoa = run_eval(_cfg(tmp_path, protocol="tecoa", limit=3), clip=tiny_clip)
+    with pytest.raises(UserError, match=r"several protocols \(grace, tecoa\)"):
+        build_leaderboard(tmp_path / "out", tmp_path / "board")
+    boards = build_per_protocol(tmp_path / "out", tmp_path / "board")
+    assert sorted(b.files[0].parent.name for b in boards) == ["grace", "tecoa"]
+    table = (tmp_path / "board" / "tecoa" / "zero_shot.md").read_text()
+    robust = [tecoa["adversarial"][d]["robust_acc"] for d in ("digits-a", "digits-b")]
+    avg = f"{100 * sum(robust) / 2:.2f}"
+    assert any(line.startswith("| ") and line.split("|")[-3].strip() == avg for line in table.splitlines())
+    assert "PGD 100 steps of 1/255" in (tmp_path / "board" / "tecoa" / "leaderboard.md").read_text()
+    assert "PGD 2 steps of 1/255" in (tmp_path / "board" / "grace" / "leaderboard.md").read_text()
+    assert not (tmp_path / "board" / "grace" / "zero_shot.md").exists()
+
+
+def test_zero_shot_table_script_quotes_the_papers_with_sources(tiny_clip, tmp_path, capsys):
+    from analysis.zero_shot_table import main
+
+    register_tiny_zero_shot()
+    run_eval(_cfg(tmp_path, protocol="tga-zsr", limit=3), clip=tiny_clip)
+    assert main([str(tmp_path / "out"), "--protocol", "tga-zsr", "--out", str(tmp_path / "t.md")]) == 0
+    text = (tmp_path / "t.md").read_text()
+    assert "| digits-a | digits-b | Average | Average w/o ImageNet |" in text
+    assert "| TGA-ZSR [TGA-ZSR] (quoted) | — | — | 42.09 | — |" in text
+    assert "zhyblue424/TGA-ZSR@663fe573dc9609893bb47b2d8303c034d9dd2ded README.md:107" in text
+    assert "[FARE]" not in text  # FARE's own numbers are quoted only under its protocol
