@@ -250,3 +250,13 @@ def test_zero_shot_table_script_quotes_the_papers_with_sources(tiny_clip, tmp_pa
     assert "| TGA-ZSR [TGA-ZSR] (quoted) | — | — | 42.09 | — |" in text
     assert "zhyblue424/TGA-ZSR@663fe573dc9609893bb47b2d8303c034d9dd2ded README.md:107" in text
     assert "[FARE]" not in text  # FARE's own numbers are quoted only under its protocol
+
+
+def test_summary_files_of_every_protocol_load_and_old_ones_count_as_grace(tmp_path):
+    from grace_bench.results.records import SUMMARY_NAME, SummaryRecord
+
+    assert SUMMARY_NAME.match("summary-0123456789ab.json").group("family") is None
+    assert SUMMARY_NAME.match("summary-0123456789ab-custom-tecoa.json").group("family") == "custom-tecoa"
+    assert SUMMARY_NAME.match("summary-0123456789ab-../x.json") is None
+    old = SummaryRecord.from_json({"protocol": {"attack": "apgd-ce"}}, tmp_path / "summary-0123456789ab.json")
+    assert old.protocol_family == "grace"
