@@ -260,3 +260,19 @@ def test_summary_files_of_every_protocol_load_and_old_ones_count_as_grace(tmp_pa
     assert SUMMARY_NAME.match("summary-0123456789ab-../x.json") is None
     old = SummaryRecord.from_json({"protocol": {"attack": "apgd-ce"}}, tmp_path / "summary-0123456789ab.json")
     assert old.protocol_family == "grace"
+
+
+def test_zero_shot_table_keeps_the_papers_dataset_order_and_averages_without_imagenet():
+    from grace_bench.eval.summary import zero_shot_aggregates
+    from grace_bench.leaderboard.zero_shot import zero_shot_markdown
+
+    per = {"imagenet1k": {"top1": 0.6}, "pets": {"top1": 0.8}, "cifar10": {"top1": 0.9}}
+    adv = {"imagenet1k": {"robust_acc": 0.2, "n": 5}, "pets": {"robust_acc": 0.4, "n": 5},
+           "cifar10": {"robust_acc": 0.3, "n": 5}}
+    z = zero_shot_aggregates(per, {"1/255": adv}, ["pets", "cifar10", "imagenet1k"])["1/255"]
+    assert z["order"] == ["pets", "cifar10", "imagenet1k"]
+    assert z["robust_avg"] == pytest.approx(0.3) and z["robust_avg_without_imagenet"] == pytest.approx(0.35)
+    assert z["clean_avg_without_imagenet"] == pytest.approx(0.85)
+    text = zero_shot_markdown([{"label": "m", "zero_shot": {"1/255": z}}])
+    assert "| model | pets | cifar10 | imagenet1k | Average | Average w/o ImageNet |" in text
+    assert "| m | 40.00 | 30.00 | 20.00 | 30.00 | 35.00 |" in text

@@ -141,7 +141,7 @@ def build_summary(store: ResultStore, *, fingerprint: str, suite: Any, identity:
     if len(eps_list) > 1 or tag is not None:
         extra["adversarial_by_eps"] = by_eps
     if protocol.get("zero_shot") or tag is not None:
-        extra["zero_shot"] = zero_shot_aggregates(per_dataset, by_eps)
+        extra["zero_shot"] = zero_shot_aggregates(per_dataset, by_eps, _dataset_order(suite, protocol))
     preset_fields = {}
     if protocol:
         preset_fields = {"preset": protocol.get("name"), "based_on": protocol.get("based_on"),
@@ -192,14 +192,26 @@ def is_imagenet(name: str) -> bool:
     return name.lower().replace("-", "").replace("_", "") in ("imagenet", "imagenet1k")
 
 
+def _dataset_order(suite: Any, protocol: Mapping[str, Any]) -> list[str]:
+    """The preset's dataset order on this suite (the paper's table order), else the suite's."""
+    from grace_bench.eval.protocols import PROTOCOLS
+
+    base = protocol.get("based_on")
+    listed = list(PROTOCOLS.get(base).datasets.get(suite.name, ())) if base in PROTOCOLS else []
+    return listed + [d.name for d in suite.datasets if d.name not in listed]
+
+
 def zero_shot_aggregates(per_dataset: Mapping[str, Mapping[str, Any]],
-                         by_eps: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
-    """Per ε: clean and robust accuracy per attacked dataset, their averages and the averages without ImageNet."""
+                         by_eps: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                         order: list[str] | None = None) -> dict[str, Any]:
+    """Per ε: clean and robust accuracy per attacked dataset, their averages and the averages without ImageNet
+    (``order``: the column order of the tables, kept in the block as ``order``)."""
     out: dict[str, Any] = {}
     for eps, entries in by_eps.items():
         rows = {name: {"clean": (per_dataset.get(name) or {}).get("top1"), "robust": e.get("robust_acc"),
                        "n_adv": e.get("n")} for name, e in entries.items()}
-        out[eps] = {"datasets": rows, **_averages(rows, "")}
+        ranked = [n for n in (order or []) if n in rows] + sorted(n for n in rows if n not in (order or []))
+        out[eps] = {"datasets": rows, "order": ranked, **_averages(rows, "")}
         out[eps].update(_averages({k: v for k, v in rows.items() if not is_imagenet(k)}, "_without_imagenet"))
     return out
 

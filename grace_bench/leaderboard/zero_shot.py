@@ -22,7 +22,10 @@ def zero_shot_rows(summary: Mapping[str, Any], eps: str) -> dict[str, dict[str, 
     """``{"robust": {dataset: acc, AVG: .., AVG_NO_IMAGENET: ..}, "clean": {...}}`` of one summary at ``eps``."""
     block = (summary.get("zero_shot") or {}).get(eps) or {}
     out: dict[str, dict[str, Any]] = {"robust": {}, "clean": {}}
-    for name, row in (block.get("datasets") or {}).items():
+    rows = block.get("datasets") or {}
+    order = block.get("order") or []
+    for name in [n for n in order if n in rows] + [n for n in rows if n not in order]:
+        row = rows[name]
         out["robust"][name] = row.get("robust")
         out["clean"][name] = row.get("clean")
     for kind in ("robust", "clean"):
