@@ -86,7 +86,10 @@ def test_every_preset_runs_end_to_end_on_a_tiny_zero_shot_suite(name, tiny_clip,
         (d, e) for d in ("digits-a", "digits-b") for e in eps_list)
     for record in adv + _records(tmp_path, "clean"):
         assert record["protocol_preset"]["name"] == name
-        assert record["protocol_preset"]["settings"]["eps"] == eps_list
+    for record in adv:  # each result records the settings it was computed with
+        assert record["protocol_preset"]["settings"]["eps"] == record["config"]["eps"]
+        assert record["protocol_preset"]["settings"]["seed"] == 0
+    assert summary["protocol"]["preset_settings"]["eps"] == eps_list
     if preset.attack:
         assert {r["metrics"]["attack"] for r in adv} == {preset.attack}
     if preset.templates:  # the preset's templates replace each dataset's own, class names stay the dataset's
@@ -137,6 +140,9 @@ def test_several_eps_share_the_clean_pass_and_resume_each_on_its_own(tiny_clip, 
     assert sorted((tmp_path / "out" / "results").rglob("*-clean-*.json")) == clean  # one clean pass for both ε
     assert set(summary["adversarial_by_eps"]) == {"1/255", "2/255"}
     assert summary["protocol"]["preset"] == "custom" and summary["protocol"]["based_on"] == "grace"
+    # the suite's ε (2/255) gives exactly grace's result, so that file is named grace; 1/255 is custom
+    names = {r["config"]["eps"]: r["protocol_preset"]["name"] for r in _records(tmp_path, "adversarial")}
+    assert names == {"1/255": "custom", "2/255": "grace"}
 
 
 def test_flags_that_differ_from_the_preset_make_the_run_custom(tiny_clip, tmp_path):
@@ -148,6 +154,13 @@ def test_flags_that_differ_from_the_preset_make_the_run_custom(tiny_clip, tmp_pa
     assert adv["protocol_preset"]["overrides"] == ["n_adv"]
     assert adv["config"]["preset"] == "custom:tecoa" and adv["metrics"]["n"] == 2
     assert (tmp_path / "out" / f"summary-{tiny_clip.fingerprint()[:12]}-custom-tecoa.json").exists()
+    (clean,) = _records(tmp_path, "clean")  # --n-adv does not change the clean pass: it is tecoa's own
+    assert clean["protocol_preset"]["name"] == "tecoa" and clean["config"]["preset"] == "tecoa"
+    (clean_file,) = (tmp_path / "out" / "results").rglob("*-clean-*.json")
+    mtime = clean_file.stat().st_mtime_ns
+    run_eval(_cfg(tmp_path, protocol="tecoa", datasets=["digits-a"]), clip=tiny_clip)  # the plain preset reuses it
+    assert list((tmp_path / "out" / "results").rglob("*-clean-*.json")) == [clean_file]
+    assert clean_file.stat().st_mtime_ns == mtime
 
 
 def test_a_flag_equal_to_the_preset_keeps_its_name_and_result_files(tiny_clip, tmp_path):

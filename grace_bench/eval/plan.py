@@ -159,8 +159,7 @@ def plan_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> EvalPlan:
     given = {"attack": attack if cfg.attack else None,
              "eps": eps_list if given_eps else None, "n_adv": cfg.n_adv, "seed": cfg.seed,
              "norm": norm if norm != "Linf" else None,
-             "templates": "file" if cfg.templates_file else None, "classnames": "file" if cfg.classnames_file else None,
-             "adv_datasets": tuple(cfg.adv_datasets) if cfg.adv_datasets else None}
+             "templates": "file" if cfg.templates_file else None, "classnames": "file" if cfg.classnames_file else None}
     preset_values = {"attack": canonical_attack(preset.attack or defaults["attack"]),
                      "eps": tuple(format_eps(e) for e in preset_eps), "n_adv": preset.n_adv if preset.n_adv
                      is not None else defaults["n_adv"], "seed": preset.seed}

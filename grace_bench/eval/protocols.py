@@ -206,14 +206,24 @@ def parse_eps_list(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
     return tuple(items)
 
 
+# settings that change a clean result (the rest only change the adversarial results)
+CLEAN_SETTINGS = ("templates", "classnames")
+
+
 @dataclass(frozen=True)
 class ResolvedProtocol:
-    """The preset a run uses after flags: ``name`` is the preset's or ``custom``; ``based_on`` the preset."""
+    """The preset a run (or one result) uses after flags: ``name`` is the preset's or ``custom``.
+
+    ``overrides`` are the settings given that differ from the preset's; ``preset_eps`` the preset's ε list
+    (canonical). ``for_result`` narrows a run to one result, so a result file identical to the preset's own
+    carries the preset's name and tag whichever run wrote it.
+    """
 
     name: str
     based_on: str
     overrides: tuple[str, ...]
     preset: Protocol
+    preset_eps: tuple[str, ...] = ()
 
     @property
     def tag(self) -> str | None:
@@ -227,6 +237,14 @@ class ResolvedProtocol:
         """The summary / leaderboard group: ``grace``, ``tecoa``, ``custom-tecoa``..."""
         return self.based_on if self.name != CUSTOM or self.based_on == DEFAULT_PROTOCOL else f"custom-{self.based_on}"
 
+    def for_result(self, kind: str, eps: str | None = None) -> ResolvedProtocol:
+        """The protocol of one result: a clean result depends on the prompts only, an adversarial one on its own ε."""
+        keep = [k for k in self.overrides if k in CLEAN_SETTINGS or (kind != "clean" and k != "eps")]
+        if kind != "clean" and eps is not None and eps not in self.preset_eps:
+            keep.append("eps")
+        return ResolvedProtocol(CUSTOM if keep else self.preset.name, self.based_on, tuple(keep), self.preset,
+                                self.preset_eps)
+
     def record(self, effective: Mapping[str, Any]) -> dict[str, Any]:
         """What each result records: the name, the preset, the overridden settings and every effective setting."""
         return {"name": self.name, "based_on": self.based_on, "overrides": list(self.overrides),
@@ -237,7 +255,8 @@ def resolve_protocol(name: str | None, given: Mapping[str, Any], preset_values: 
     """``custom`` when a given (non-None) flag differs from the preset's value, else the preset itself."""
     preset = get_protocol(name or DEFAULT_PROTOCOL)
     overrides = tuple(k for k, v in given.items() if v is not None and v != preset_values.get(k))
-    return ResolvedProtocol(CUSTOM if overrides else preset.name, preset.name, overrides, preset)
+    return ResolvedProtocol(CUSTOM if overrides else preset.name, preset.name, overrides, preset,
+                            tuple(preset_values.get("eps") or ()))
 
 
 def protocols_text() -> str:

@@ -124,13 +124,28 @@ def _family(plan: EvalPlan) -> str | None:
     return None if family in (None, "grace") else family
 
 
-def _protocol_record(plan: EvalPlan) -> dict[str, Any]:
-    return plan.protocol.record(plan.settings()) if plan.protocol is not None else {}
+def _protocol_record(plan: EvalPlan, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's protocol record, or (``config`` given) that of the one result ``config`` describes: a result
+    records only the settings it depends on, so its record is the same whichever run wrote it."""
+    if plan.protocol is None:
+        return {}
+    if config is None:
+        return plan.protocol.record(plan.settings())
+    settings = plan.settings()
+    if "attack" in config:
+        effective = {**settings, "eps": config["eps"], "n": config["n"]}
+        effective.pop("n_adv", None)
+        effective.pop("n_adv_for", None)
+        return plan.protocol.for_result("adversarial", config["eps"]).record(effective)
+    return plan.protocol.for_result("clean").record({"templates": settings["templates"]})
 
 
 def _tagged(config: dict[str, Any], plan: EvalPlan) -> dict[str, Any]:
-    """``config`` with the protocol tag hashed in (grace-family configs stay as they were: same result files)."""
-    tag = plan.protocol.tag if plan.protocol is not None else None
+    """``config`` with its result's protocol tag hashed in (none for grace-family results: same files as before)."""
+    if plan.protocol is None:
+        return config
+    kind = "adversarial" if "attack" in config else "clean"
+    tag = plan.protocol.for_result(kind, config.get("eps")).tag
     return {**config, "preset": tag} if tag else config
 
 
@@ -190,7 +205,7 @@ def _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, plan:
             "seed": cfg.seed,
             "wall_time_s": wall,
             "images_per_s": metrics["n"] / max(metrics["forward_seconds"], 1e-9),
-            "protocol_preset": _protocol_record(plan),
+            "protocol_preset": _protocol_record(plan, config),
         }
         if rank == 0:
             store.write(path, done)
@@ -265,5 +280,5 @@ def _attack(cfg, store, clip, suite, spec, dataset, clf, plan, indices, config, 
         "seed": cfg.seed,
         "wall_time_s": wall,
         "images_per_s": res["n"] / max(wall, 1e-9),
-        "protocol_preset": _protocol_record(plan),
+        "protocol_preset": _protocol_record(plan, config),
     }

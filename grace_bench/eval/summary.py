@@ -65,25 +65,25 @@ def read_existing(path: Path) -> dict[str, Any] | None:
 
 
 def _matches(rec: Mapping[str, Any], kind: str, dataset: str, suite: str, prompt_key: Mapping[str, str],
-             tag: str | None = None, eps: str | None = None) -> bool:
+             tags: frozenset = frozenset({None}), eps: str | None = None) -> bool:
     cfg = rec.get("config") or {}
     return (rec.get("kind") == kind and rec["dataset"].get("name") == dataset and rec["dataset"].get("suite") == suite
             and cfg.get("protocol") == PROTOCOL_VERSION and cfg.get("templates") == prompt_key["templates"]
-            and cfg.get("classnames") == prompt_key["classnames"] and cfg.get("preset") == tag
+            and cfg.get("classnames") == prompt_key["classnames"] and cfg.get("preset") in tags
             and (eps is None or cfg.get("eps") == eps))
 
 
 def pick(finished: Finished, current: Mapping[tuple, Path], kind: str, dataset: str, suite: str,
-         prompt_key: Mapping[str, str], prefer: Mapping[str, Any] | None = None, *, tag: str | None = None,
-         eps: str | None = None) -> tuple[Path, dict] | None:
+         prompt_key: Mapping[str, str], prefer: Mapping[str, Any] | None = None, *,
+         tags: frozenset = frozenset({None}), eps: str | None = None) -> tuple[Path, dict] | None:
     """This run's result for (kind, dataset[, eps]), else the newest matching finished one of the same protocol
-    (``tag``), ``prefer``red config first."""
+    (a preset ``tags`` names; ``None``: grace), ``prefer``red config first."""
     key = (kind, dataset) if eps is None else (kind, dataset, eps)
     if key in current:
         mine = next(((p, r) for p, r in finished if p == current[key]), None)
         if mine is not None:
             return mine
-    found = [(p, r) for p, r in finished if _matches(r, kind, dataset, suite, prompt_key, tag, eps)]
+    found = [(p, r) for p, r in finished if _matches(r, kind, dataset, suite, prompt_key, tags, eps)]
     if not found:
         return None
 
@@ -106,6 +106,9 @@ def build_summary(store: ResultStore, *, fingerprint: str, suite: Any, identity:
     """
     protocol = dict(protocol or {})
     tag = _tag(protocol)
+    # a custom run's results identical to its preset's carry the preset's tag (ResolvedProtocol.for_result)
+    base = protocol.get("based_on")
+    tags = frozenset({tag, None if base in (None, "grace") else base})
     eps_list = list((protocol.get("settings") or {}).get("eps") or [requested["eps"]])
     finished = store.finished(fingerprint)
     per_dataset: dict[str, dict] = {}
@@ -114,15 +117,15 @@ def build_summary(store: ResultStore, *, fingerprint: str, suite: Any, identity:
     prefer_clean = {"precision": requested["precision"], "limit": requested["limit"]}
     for spec in suite.datasets:
         key = (prompt_keys or {}).get(spec.name, prompt_key)
-        hit = pick(finished, current, "clean", spec.name, suite.name, key, prefer_clean, tag=tag)
+        hit = pick(finished, current, "clean", spec.name, suite.name, key, prefer_clean, tags=tags)
         if hit is not None:
             per_dataset[spec.name] = clean_view(*hit)
-        hit = pick(finished, current, "adversarial", spec.name, suite.name, key, tag=tag)
+        hit = pick(finished, current, "adversarial", spec.name, suite.name, key, tags=tags)
         if hit is not None:
             adversarial[spec.name] = adversarial_view(*hit)
         if len(eps_list) > 1 or tag is not None:
             for eps in eps_list:
-                hit = pick(finished, current, "adversarial", spec.name, suite.name, key, tag=tag, eps=eps)
+                hit = pick(finished, current, "adversarial", spec.name, suite.name, key, tags=tags, eps=eps)
                 if hit is not None:
                     by_eps[eps][spec.name] = adversarial_view(*hit)
     id_names = [d.name for d in suite.by_role("id")]
