@@ -99,6 +99,10 @@ def test_every_preset_runs_end_to_end_on_a_tiny_zero_shot_suite(name, tiny_clip,
     suffix = "" if name == "grace" else f"-{name}"
     path = tmp_path / "out" / f"summary-{tiny_clip.fingerprint()[:12]}{suffix}.json"
     assert json.loads(path.read_text())["protocol"]["preset"] == name
+    from grace_bench.eval.report import format_summary
+
+    table = format_summary(summary)  # the default protocol's console table is unchanged; a preset names itself
+    assert ("protocol:" in table) == (name != "grace") and ("zero-shot average" in table) == (name != "grace")
     if name != "grace":
         assert set(summary["zero_shot"]) == set(eps_list)
         z = summary["zero_shot"][eps_list[0]]

@@ -40,7 +40,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{_pct(z.get('robust_avg')).strip()} over {z.get('n_datasets')} datasets; without ImageNet: "
                      f"clean {_pct(z.get('clean_avg_without_imagenet')).strip()} · robust "
                      f"{_pct(z.get('robust_avg_without_imagenet')).strip()}")
-    if proto.get("preset"):
+    if proto.get("preset") not in (None, "grace"):  # the default protocol's table stays as it always was
         based = f" (from preset {proto['based_on']}: {', '.join(proto.get('preset_overrides') or [])} given)" \
             if proto["preset"] == "custom" else ""
         lines.append(f"protocol: {proto['preset']}{based}")
