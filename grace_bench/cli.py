@@ -34,7 +34,11 @@ def _add_eval_parser(sub) -> None:
                                     "aa-plus | aa-rand | custom:apgd-ce[...],apgd-t[...],... ; a setting left out "
                                     "takes AutoAttack standard's value, so bare apgd-ce = apgd-ce[restarts=1,"
                                     "iters=100] (the default); results record this explicit name")
-    p.add_argument("--eps", help="perturbation budget, e.g. 4/255 (default 4/255)")
+    p.add_argument("--eps", help="perturbation budget, e.g. 4/255 (default 4/255), or a comma-separated list "
+                                 "(2/255,4/255): one result per ε, the clean pass shared")
+    p.add_argument("--protocol", help="a named protocol preset: grace (default: the suite's settings), tecoa, fare, "
+                                      "tga-zsr, pmg-aft; `list` prints every preset with its settings and sources. "
+                                      "Explicit --attack/--eps/--n-adv/--seed/... override it (recorded as custom)")
     p.add_argument("--norm", default="Linf", help="Linf or L2")
     p.add_argument("--n-adv", type=int, help="number of adversarial examples (micro: 250; imagenet: 5000 ids)")
     p.add_argument("--adv-datasets", nargs="+", help="datasets to attack (default: the ID dataset)")
@@ -51,13 +55,18 @@ def _add_eval_parser(sub) -> None:
                         "the result); by default that is an error")
     p.add_argument("--templates", type=Path, help="file with one prompt template per line ('{}' = class name)")
     p.add_argument("--classnames", type=Path, help="file with one class name per line")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="attack seed (default: the protocol's, 0)")
     p.add_argument("--label", help="name for this model in tables")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_eval)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    if args.protocol == "list":  # no torch needed
+        from grace_bench.eval.protocols import protocols_text
+
+        print(protocols_text())
+        return 0
     from grace_bench.eval.config import EvalConfig
     from grace_bench.eval.report import print_summary
     from grace_bench.eval.run import run_eval, summary_location
@@ -74,6 +83,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         precision=args.precision, batch_size=args.batch_size, device=args.device, workers=args.workers,
         allow_empty_classes=args.allow_empty_classes,
         templates_file=args.templates, classnames_file=args.classnames, seed=args.seed, label=args.label,
+        protocol=args.protocol,
         progress=not args.no_progress,
     )
     summary = run_eval(cfg)

@@ -30,10 +30,17 @@ def _suite_defaults() -> str:
     return suite_defaults_markdown()
 
 
+def _protocols() -> str:
+    from grace_bench.eval.protocols import protocols_markdown
+
+    return protocols_markdown()
+
+
 # marker name -> (docs page relative to the repository root, generator)
 GENERATED: dict[str, tuple[str, Callable[[], str]]] = {
     "defaults_markdown": ("docs/methods.md", _method_defaults),
     "suite_defaults_markdown": ("docs/methods.md", _suite_defaults),
+    "protocols_markdown": ("docs/protocols.md", _protocols),
 }
 
 

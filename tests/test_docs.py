@@ -219,6 +219,8 @@ def test_the_docs_script_finds_and_rewrites_a_stale_table(tmp_path, capsys):
     page.parent.mkdir()
     page.write_text("# m\n\n<!-- BEGIN defaults_markdown -->\n| old |\n<!-- END defaults_markdown -->\n\n"
                     "<!-- BEGIN suite_defaults_markdown -->\n<!-- END suite_defaults_markdown -->\n")
+    protocols = "<!-- BEGIN protocols_markdown -->\n<!-- END protocols_markdown -->\n"
+    (tmp_path / "docs" / "protocols.md").write_text(protocols)
     assert main(["--check", "--root", str(tmp_path)]) == 1
     assert "out of date: defaults_markdown" in capsys.readouterr().err
     assert main(["--root", str(tmp_path)]) == 0

@@ -152,9 +152,9 @@ def test_sharded_write_does_not_wait_for_a_held_lock(tmp_path, monkeypatch):
     fp = "f" * 64
     named = SimpleNamespace(name="micro")
     clip = SimpleNamespace(fingerprint=lambda: fp)
-    plan = SimpleNamespace(attack="pgd", eps="4/255", n_adv=1)
+    plan = SimpleNamespace(attack="pgd", eps="4/255", n_adv=1, protocol=None)
     cfg = SimpleNamespace(norm="Linf", seed=0)
-    args = (cfg, store, clip, named, named, None, None, {}, plan, None, torch.device("cpu"), 0, 2)
+    args = (cfg, store, clip, named, named, None, None, {}, plan, "4/255", 1, None, torch.device("cpu"), 0, 2)
     state = store.state_dir(fp, "micro", "adversarial", "x").parent  # emptied and removed by clear_state
     state.mkdir(parents=True)
     holder = None

@@ -17,7 +17,7 @@ class EvalConfig:
     base: str | None = None
     trust_pickle: bool = False
     attack: str | None = None
-    eps: str | None = None
+    eps: str | None = None  # one ε or a comma-separated list ("2/255,4/255"): one result per ε
     norm: str = "Linf"
     n_adv: int | None = None
     adv_datasets: list[str] | None = None
@@ -32,7 +32,8 @@ class EvalConfig:
     allow_empty_classes: bool = False  # image folders: accept class folders without a readable image
     templates_file: Path | None = None
     classnames_file: Path | None = None
-    seed: int = 0
+    seed: int | None = None  # None: the protocol's seed (0 for every preset)
+    protocol: str | None = None  # a preset of grace_bench.eval.protocols (None: grace, the suite's defaults)
     label: str | None = None
     progress: bool = True
     extra: dict = field(default_factory=dict)

@@ -24,7 +24,9 @@ from grace_bench.eval.config import EvalConfig
 from grace_bench.eval.context import classifier_for
 from grace_bench.eval.labels import evaluated_as, identity_of, merged_identity
 from grace_bench.eval.plan import (  # noqa: F401 - read_text_list/default_suite_for are part of this module's API
+    EvalPlan,
     adv_indices_for,
+    adv_subset,
     adversarial_names,
     default_suite_for,
     plan_eval,
@@ -56,6 +58,7 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
     if plan.suite is None:  # the spec did not tell the architecture: check what depends on the suite now
         cfg_known = replace(cfg, suite=default_suite_for(clip))
         plan = plan_eval(cfg_known, clip)
+    cfg = replace(cfg, seed=plan.seed)  # the protocol's seed unless one was given
     suite = plan.suite
     templates, classnames = plan.templates, plan.classnames
     ctx = DataContext(root=cfg.data_root, preprocess=clip.preprocess, image_size=clip.image_size,
@@ -67,20 +70,27 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
     specs = selected_datasets(suite, cfg)
     adv_names = adversarial_names(suite, cfg) if plan.attack_kind != "none" else []
     loaded = [(spec, ds) for spec in specs if (ds := _load_dataset(spec, ctx)) is not None]
-    adv_indices = {spec.name: adv_indices_for(suite, spec, ds, plan.n_adv)
+    adv_subsets = {spec.name: adv_subset(plan, suite, spec, ds, cfg.limit)
                    for spec, ds in loaded if spec.name in adv_names}
-    current: dict[tuple[str, str], Path] = {}
+    current: dict[tuple, Path] = {}
+    prompt_keys: dict[str, dict[str, str]] = {}
     for spec, dataset in loaded:
-        clf = classifier_for(clip, suite, spec, templates, classnames, device=device, progress=cfg.progress)
-        current["clean", spec.name] = _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key,
-                                                    runtime)
+        names, temps = dataset_prompts(spec, ctx, cfg, plan)
+        key = {"templates": text_list_hash(temps), "classnames": text_list_hash(names)}
+        prompt_keys[spec.name] = key
+        clf = classifier_for(clip, suite, spec, temps, names, device=device, progress=cfg.progress)
+        current["clean", spec.name] = _clean_result(cfg, store, clip, suite, spec, dataset, clf, key, plan, runtime)
         if spec.name in adv_names:
-            current["adversarial", spec.name] = _adversarial_result(
-                cfg, store, clip, suite, spec, dataset, clf, prompt_key, plan, adv_indices[spec.name], device, rank,
-                world)
+            indices, n = adv_subsets[spec.name]
+            for eps in plan.eps_list:
+                path = _adversarial_result(cfg, store, clip, suite, spec, dataset, clf, key, plan, eps, n, indices,
+                                           device, rank, world)
+                current["adversarial", spec.name, eps] = path
+                if eps == plan.eps_list[0]:
+                    current["adversarial", spec.name] = path
     runtime.barrier()
 
-    summary_path = store.summary_path(fp)
+    summary_path = store.summary_path(fp, _family(plan))
     with store.lock(summary_path, quiet=True) if rank == 0 else nullcontext():
         existing = read_existing(summary_path)
         identity = merged_identity(identity_of(clip, cfg.label), existing)
@@ -89,17 +99,62 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
                                 n_templates=len(templates),
                                 requested={"attack": plan.attack, "eps": plan.eps, "norm": plan.norm,
                                            "n_adv": plan.n_adv, "precision": cfg.precision, "limit": cfg.limit,
-                                           "seed": cfg.seed})
+                                           "seed": cfg.seed},
+                                protocol=_protocol_record(plan), prompt_keys=prompt_keys)
         if rank == 0:
             summary = write_record(summary_path, summary, kind="summary")
     return summary
+
+
+def dataset_prompts(spec: DatasetSpec, ctx: DataContext, cfg: EvalConfig, plan: EvalPlan) -> tuple[list[str],
+                                                                                                     list[str]]:
+    """(class names, templates) of one dataset: its own prompts (zero-shot suites) else the suite's; a templates
+    file or a preset's templates replace the templates of every dataset."""
+    if spec.prompts is None:
+        return list(plan.classnames), list(plan.templates)
+    names, temps = spec.prompts(ctx)
+    if cfg.templates_file is not None or (plan.protocol is not None and plan.protocol.preset.templates):
+        temps = plan.templates
+    return list(names), list(temps)
+
+
+def _family(plan: EvalPlan) -> str | None:
+    """The summary's protocol group (None: grace, whose summary keeps its name)."""
+    family = plan.protocol.family if plan.protocol is not None else None
+    return None if family in (None, "grace") else family
+
+
+def _protocol_record(plan: EvalPlan, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's protocol record, or (``config`` given) that of the one result ``config`` describes: a result
+    records only the settings it depends on, so its record is the same whichever run wrote it."""
+    if plan.protocol is None:
+        return {}
+    if config is None:
+        return plan.protocol.record(plan.settings())
+    settings = plan.settings()
+    if "attack" in config:
+        effective = {**settings, "eps": config["eps"], "n": config["n"]}
+        effective.pop("n_adv", None)
+        effective.pop("n_adv_for", None)
+        return plan.protocol.for_result("adversarial", config["eps"]).record(effective)
+    return plan.protocol.for_result("clean").record({"templates": settings["templates"]})
+
+
+def _tagged(config: dict[str, Any], plan: EvalPlan) -> dict[str, Any]:
+    """``config`` with its result's protocol tag hashed in (none for grace-family results: same files as before)."""
+    if plan.protocol is None:
+        return config
+    kind = "adversarial" if "attack" in config else "clean"
+    tag = plan.protocol.for_result(kind, config.get("eps")).tag
+    return {**config, "preset": tag} if tag else config
 
 
 def summary_location(cfg: EvalConfig, summary: dict[str, Any]) -> tuple[Path, Path]:
     """Where ``run_eval`` wrote ``summary``: the summary file and the checkpoint's results folder."""
     store = ResultStore(cfg.out)
     fp = summary["checkpoint"]["fingerprint"]
-    return store.summary_path(fp), store.results_dir(fp)
+    family = (summary.get("protocol") or {}).get("family")
+    return store.summary_path(fp, None if family in (None, "grace") else family), store.results_dir(fp)
 
 
 def _load_dataset(spec: DatasetSpec, ctx: DataContext):
@@ -111,12 +166,12 @@ def _load_dataset(spec: DatasetSpec, ctx: DataContext):
         raise
 
 
-def _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, runtime: Runtime) -> Path:
+def _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, plan: EvalPlan, runtime: Runtime) -> Path:
     device, rank, world = runtime.device, runtime.rank, runtime.world_size
     n_total = len(dataset)
     n = n_total if cfg.limit is None else min(cfg.limit, n_total)
-    config = {"protocol": PROTOCOL_VERSION, "suite": suite.name, "dataset": spec.name, "n": n,
-              "precision": cfg.precision, **prompt_key}
+    config = _tagged({"protocol": PROTOCOL_VERSION, "suite": suite.name, "dataset": spec.name, "n": n,
+                      "precision": cfg.precision, **prompt_key}, plan)
     h = config_hash(config)
     fp = clip.fingerprint()
     path = store.result_path(fp, spec.name, "clean", h)
@@ -150,6 +205,7 @@ def _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, runti
             "seed": cfg.seed,
             "wall_time_s": wall,
             "images_per_s": metrics["n"] / max(metrics["forward_seconds"], 1e-9),
+            "protocol_preset": _protocol_record(plan, config),
         }
         if rank == 0:
             store.write(path, done)
@@ -157,8 +213,8 @@ def _clean_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, runti
     return path
 
 
-def _adversarial_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, plan, indices, device, rank,
-                        world) -> Path:
+def _adversarial_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key, plan, eps, n, indices, device,
+                        rank, world) -> Path:
     """The adversarial result of one dataset; under torchrun every rank attacks its share of the chunks.
 
     In one process the per-result lock is held around the attack, so a second process waits and reuses the
@@ -166,9 +222,9 @@ def _adversarial_result(cfg, store, clip, suite, spec, dataset, clf, prompt_key,
     chunks, and rank 0 alone writes, taking the lock only for the write and never waiting for it (a rank
     blocked on a lock while the others sit in a collective would time out the group).
     """
-    config = {"protocol": PROTOCOL_VERSION, "suite": suite.name, "dataset": spec.name, "attack": plan.attack,
-              "eps": plan.eps, "norm": cfg.norm, "n": plan.n_adv, "seed": cfg.seed, "chunk_size": DEFAULT_CHUNK_SIZE,
-              **prompt_key}
+    config = _tagged({"protocol": PROTOCOL_VERSION, "suite": suite.name, "dataset": spec.name, "attack": plan.attack,
+                      "eps": eps, "norm": cfg.norm, "n": n, "seed": cfg.seed, "chunk_size": DEFAULT_CHUNK_SIZE,
+                      **prompt_key}, plan)
     h = config_hash(config)
     fp = clip.fingerprint()
     path = store.result_path(fp, spec.name, "adversarial", h)
@@ -205,7 +261,7 @@ def _attack(cfg, store, clip, suite, spec, dataset, clf, plan, indices, config, 
     fp = clip.fingerprint()
     start = time.perf_counter()
     res = evaluate_adversarial(
-        clf, dataset, attack=plan.attack, eps=plan.eps, norm=cfg.norm, n=plan.n_adv,
+        clf, dataset, attack=plan.attack, eps=config["eps"], norm=cfg.norm, n=config["n"],
         batch_size=cfg.adv_batch_size, chunk_size=DEFAULT_CHUNK_SIZE,
         state_dir=store.state_dir(fp, spec.name, "adversarial", h), seed=cfg.seed, indices=indices,
         progress=cfg.progress and rank == 0, num_workers=auto_workers(cfg.workers, suite.loader_workers),
@@ -224,4 +280,5 @@ def _attack(cfg, store, clip, suite, spec, dataset, clf, plan, indices, config, 
         "seed": cfg.seed,
         "wall_time_s": wall,
         "images_per_s": res["n"] / max(wall, 1e-9),
+        "protocol_preset": _protocol_record(plan, config),
     }

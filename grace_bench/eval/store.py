@@ -26,8 +26,10 @@ class ResultStore:
     def state_dir(self, fingerprint: str, dataset: str, kind: str, cfg_hash: str) -> Path:
         return self.root / "state" / fingerprint[:12] / f"{dataset}-{kind}-{cfg_hash}"
 
-    def summary_path(self, fingerprint: str) -> Path:
-        return self.root / f"summary-{fingerprint[:12]}.json"
+    def summary_path(self, fingerprint: str, family: str | None = None) -> Path:
+        """``summary-<fp12>.json`` (grace protocol) or ``summary-<fp12>-<protocol family>.json``."""
+        suffix = f"-{family}" if family else ""
+        return self.root / f"summary-{fingerprint[:12]}{suffix}.json"
 
     def results_dir(self, fingerprint: str) -> Path:
         return self.root / "results" / fingerprint[:12]

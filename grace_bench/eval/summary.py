@@ -4,6 +4,10 @@
 ``<dataset>-<kind>-<config hash>``. The headline fields the leaderboard and figures read (``per_dataset``,
 ``adversarial``, ``aggregates``, ``protocol``) use this run's results, and for every dataset this run did not
 compute (e.g. ``--attack none`` after an APGD run) the newest finished result of the same suite and prompts.
+Results of different protocols never mix: a result counts only for a summary of its own protocol family (the
+``preset`` tag hashed into its config; none for grace), and each family has its own summary file. Runs with
+several ε add ``adversarial_by_eps``; zero-shot protocols add ``zero_shot`` (clean / robust per dataset and their
+averages, with and without ImageNet).
 """
 
 from __future__ import annotations
@@ -60,21 +64,26 @@ def read_existing(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("schema") == SUMMARY_SCHEMA else None
 
 
-def _matches(rec: Mapping[str, Any], kind: str, dataset: str, suite: str, prompt_key: Mapping[str, str]) -> bool:
+def _matches(rec: Mapping[str, Any], kind: str, dataset: str, suite: str, prompt_key: Mapping[str, str],
+             tags: frozenset = frozenset({None}), eps: str | None = None) -> bool:
     cfg = rec.get("config") or {}
     return (rec.get("kind") == kind and rec["dataset"].get("name") == dataset and rec["dataset"].get("suite") == suite
             and cfg.get("protocol") == PROTOCOL_VERSION and cfg.get("templates") == prompt_key["templates"]
-            and cfg.get("classnames") == prompt_key["classnames"])
+            and cfg.get("classnames") == prompt_key["classnames"] and cfg.get("preset") in tags
+            and (eps is None or cfg.get("eps") == eps))
 
 
-def pick(finished: Finished, current: Mapping[tuple[str, str], Path], kind: str, dataset: str, suite: str,
-         prompt_key: Mapping[str, str], prefer: Mapping[str, Any] | None = None) -> tuple[Path, dict] | None:
-    """This run's result for (kind, dataset), else the newest matching finished one (``prefer``red config first)."""
-    if (kind, dataset) in current:
-        mine = next(((p, r) for p, r in finished if p == current[kind, dataset]), None)
+def pick(finished: Finished, current: Mapping[tuple, Path], kind: str, dataset: str, suite: str,
+         prompt_key: Mapping[str, str], prefer: Mapping[str, Any] | None = None, *,
+         tags: frozenset = frozenset({None}), eps: str | None = None) -> tuple[Path, dict] | None:
+    """This run's result for (kind, dataset[, eps]), else the newest matching finished one of the same protocol
+    (a preset ``tags`` names; ``None``: grace), ``prefer``red config first."""
+    key = (kind, dataset) if eps is None else (kind, dataset, eps)
+    if key in current:
+        mine = next(((p, r) for p, r in finished if p == current[key]), None)
         if mine is not None:
             return mine
-    found = [(p, r) for p, r in finished if _matches(r, kind, dataset, suite, prompt_key)]
+    found = [(p, r) for p, r in finished if _matches(r, kind, dataset, suite, prompt_key, tags, eps)]
     if not found:
         return None
 
@@ -87,20 +96,38 @@ def pick(finished: Finished, current: Mapping[tuple[str, str], Path], kind: str,
 
 
 def build_summary(store: ResultStore, *, fingerprint: str, suite: Any, identity: Identity, specs_seen: list[str],
-                  current: Mapping[tuple[str, str], Path], prompt_key: Mapping[str, str], n_templates: int,
-                  requested: Mapping[str, Any]) -> dict[str, Any]:
-    """The merged summary of ``fingerprint``; ``requested`` holds this run's attack, eps, norm, n_adv, etc."""
+                  current: Mapping[tuple, Path], prompt_key: Mapping[str, str], n_templates: int,
+                  requested: Mapping[str, Any], protocol: Mapping[str, Any] | None = None,
+                  prompt_keys: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, Any]:
+    """The merged summary of ``fingerprint``; ``requested`` holds this run's attack, eps, norm, n_adv, etc.
+
+    ``protocol`` is the run's protocol record (``ResolvedProtocol.record``), ``prompt_keys`` the prompt hashes of
+    datasets with their own prompts (default: ``prompt_key`` for every dataset).
+    """
+    protocol = dict(protocol or {})
+    tag = _tag(protocol)
+    # a custom run's results identical to its preset's carry the preset's tag (ResolvedProtocol.for_result)
+    base = protocol.get("based_on")
+    tags = frozenset({tag, None if base in (None, "grace") else base})
+    eps_list = list((protocol.get("settings") or {}).get("eps") or [requested["eps"]])
     finished = store.finished(fingerprint)
     per_dataset: dict[str, dict] = {}
     adversarial: dict[str, dict] = {}
+    by_eps: dict[str, dict[str, dict]] = {eps: {} for eps in eps_list}
     prefer_clean = {"precision": requested["precision"], "limit": requested["limit"]}
     for spec in suite.datasets:
-        hit = pick(finished, current, "clean", spec.name, suite.name, prompt_key, prefer_clean)
+        key = (prompt_keys or {}).get(spec.name, prompt_key)
+        hit = pick(finished, current, "clean", spec.name, suite.name, key, prefer_clean, tags=tags)
         if hit is not None:
             per_dataset[spec.name] = clean_view(*hit)
-        hit = pick(finished, current, "adversarial", spec.name, suite.name, prompt_key)
+        hit = pick(finished, current, "adversarial", spec.name, suite.name, key, tags=tags)
         if hit is not None:
             adversarial[spec.name] = adversarial_view(*hit)
+        if len(eps_list) > 1 or tag is not None:
+            for eps in eps_list:
+                hit = pick(finished, current, "adversarial", spec.name, suite.name, key, tags=tags, eps=eps)
+                if hit is not None:
+                    by_eps[eps][spec.name] = adversarial_view(*hit)
     id_names = [d.name for d in suite.by_role("id")]
     id_name = id_names[0] if id_names else ""
     shown = adversarial.get(id_name) or next(iter(adversarial.values()), None)
@@ -113,6 +140,16 @@ def build_summary(store: ResultStore, *, fingerprint: str, suite: Any, identity:
     checkpoint = {**identity.checkpoint, "fingerprint": fingerprint, "evaluated_as": specs_seen}
     if identity.wise_alpha is not None:
         checkpoint["wise_alpha"] = identity.wise_alpha
+    extra: dict[str, Any] = {}
+    if len(eps_list) > 1 or tag is not None:
+        extra["adversarial_by_eps"] = by_eps
+    if protocol.get("zero_shot") or tag is not None:
+        extra["zero_shot"] = zero_shot_aggregates(per_dataset, by_eps, _dataset_order(suite, protocol))
+    preset_fields = {}
+    if protocol:
+        preset_fields = {"preset": protocol.get("name"), "based_on": protocol.get("based_on"),
+                         "family": _family(protocol), "preset_settings": protocol.get("settings"),
+                         "preset_overrides": protocol.get("overrides"), "eps_list": eps_list}
     return {
         "schema": SUMMARY_SCHEMA,
         "checkpoint": checkpoint,
@@ -132,7 +169,60 @@ def build_summary(store: ResultStore, *, fingerprint: str, suite: Any, identity:
             "precision_attack": "fp32",
             "limit": requested["limit"],
             "definitions": AGGREGATE_DEFINITIONS,
+            **preset_fields,
         },
+        **extra,
         "results": results_index(finished),
         "versions": package_versions(),
     }
+
+
+def _tag(protocol: Mapping[str, Any]) -> str | None:
+    """The preset tag hashed into result configs (None: grace and custom runs started from grace)."""
+    name, base = protocol.get("name"), protocol.get("based_on")
+    if not name or base in (None, "grace"):
+        return None
+    return name if name != "custom" else f"custom:{base}"
+
+
+def _family(protocol: Mapping[str, Any]) -> str:
+    tag = _tag(protocol)
+    return "grace" if tag is None else tag.replace(":", "-")
+
+
+def is_imagenet(name: str) -> bool:
+    """ImageNet itself (the papers average the zero-shot datasets without it)."""
+    return name.lower().replace("-", "").replace("_", "") in ("imagenet", "imagenet1k")
+
+
+def _dataset_order(suite: Any, protocol: Mapping[str, Any]) -> list[str]:
+    """The preset's dataset order on this suite (the paper's table order), else the suite's."""
+    from grace_bench.eval.protocols import PROTOCOLS
+
+    base = protocol.get("based_on")
+    listed = list(PROTOCOLS.get(base).datasets.get(suite.name, ())) if base in PROTOCOLS else []
+    return listed + [d.name for d in suite.datasets if d.name not in listed]
+
+
+def zero_shot_aggregates(per_dataset: Mapping[str, Mapping[str, Any]],
+                         by_eps: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                         order: list[str] | None = None) -> dict[str, Any]:
+    """Per ε: clean and robust accuracy per attacked dataset, their averages and the averages without ImageNet
+    (``order``: the column order of the tables, kept in the block as ``order``)."""
+    out: dict[str, Any] = {}
+    for eps, entries in by_eps.items():
+        rows = {name: {"clean": (per_dataset.get(name) or {}).get("top1"), "robust": e.get("robust_acc"),
+                       "n_adv": e.get("n")} for name, e in entries.items()}
+        ranked = [n for n in (order or []) if n in rows] + sorted(n for n in rows if n not in (order or []))
+        out[eps] = {"datasets": rows, "order": ranked, **_averages(rows, "")}
+        out[eps].update(_averages({k: v for k, v in rows.items() if not is_imagenet(k)}, "_without_imagenet"))
+    return out
+
+
+def _averages(rows: Mapping[str, Mapping[str, Any]], suffix: str) -> dict[str, Any]:
+    def mean(key: str) -> float | None:
+        vals = [r[key] for r in rows.values() if r.get(key) is not None]
+        return sum(vals) / len(vals) if vals and len(vals) == len(rows) else None
+
+    return {f"clean_avg{suffix}": mean("clean"), f"robust_avg{suffix}": mean("robust"),
+            f"n_datasets{suffix}": len(rows)}

@@ -87,12 +87,16 @@ def _join(values: Sequence[Any]) -> str:
     return vals[0] if len(vals) == 1 else "mixed: " + " | ".join(vals)
 
 
+# summary protocol fields naming the preset: leaderboards are split by family, never mixed on these
+PRESET_KEYS = {"preset", "based_on", "family", "preset_settings", "preset_overrides", "eps_list"}
+
+
 def _check_protocols(summaries: Sequence[SummaryRecord], allow_mixed: bool) -> dict[str, Any]:
     """The protocol shared by all summaries; a key whose values differ fails unless ``allow_mixed``."""
     for s in summaries:
         if not s.data.get("protocol"):
             raise UserError(f"{s.path} has no 'protocol' field; re-run grace-bench eval so the table can state it")
-    keys = sorted({k for s in summaries for k in s.protocol})
+    keys = sorted({k for s in summaries for k in s.protocol} - PRESET_KEYS)
     shared, mixed = {}, {}
     for k in keys:
         vals = [json.dumps(s.protocol.get(k), sort_keys=True, default=str) for s in summaries]
@@ -304,7 +308,7 @@ def _dedupe(summaries: list[SummaryRecord]) -> list[SummaryRecord]:
     """One summary per checkpoint fingerprint and suite: the most recently written file wins."""
     best: dict[tuple[str, Any], SummaryRecord] = {}
     for s in summaries:
-        key = (s.fp12, s.data.get("suite"))
+        key = (s.fp12, s.data.get("suite"), s.protocol_family)
         old = best.get(key)
         if old is None or s.path.stat().st_mtime >= old.path.stat().st_mtime:
             best[key] = s
@@ -318,6 +322,7 @@ def build_leaderboard(
     *,
     allow_mixed: bool = False,
     card_meta: Mapping[str, Mapping[str, Any]] | None = None,
+    protocol: str | None = None,
 ) -> Leaderboard:
     """Read summaries and geometry results under ``results``; write into ``out_dir``:
     ``leaderboard.md``, ``leaderboard.json``, ``robustbench/<model>.json`` and
@@ -327,6 +332,15 @@ def build_leaderboard(
     out_dir = check_writable_dir(out_dir)  # a file or read-only --out fails before any input is read
     name = name or out_dir.name
     summaries = _dedupe(load_summaries(results))
+    families = sorted({s.protocol_family for s in summaries})
+    if protocol is not None:
+        summaries = [s for s in summaries if s.protocol_family == protocol]
+        if not summaries:
+            raise UserError(f"no summary of protocol '{protocol}' found; protocols present: {', '.join(families)}")
+    elif len(families) > 1:
+        raise UserError(f"results hold several protocols ({', '.join(families)}); a leaderboard never mixes them: "
+                        "build one per protocol (protocol=..., or `grace-bench leaderboard build` without "
+                        "--protocol writes one folder per protocol)")
     protocol = _check_protocols(summaries, allow_mixed)
     geometry = geometry_by_fingerprint(load_geometry(results))
     rows = [Row(s, geometry.get(s.fp12, {}), s.label) for s in summaries]
@@ -344,4 +358,25 @@ def build_leaderboard(
     atomic_write_text(files[0], markdown)
     atomic_write_json(files[1], data)
     files += write_exports(rows, out_dir, card_meta=card_meta)
+    if any(s.data.get("zero_shot") for s in summaries):
+        from grace_bench.leaderboard.zero_shot import zero_shot_markdown
+
+        files.append(out_dir / "zero_shot.md")
+        atomic_write_text(files[-1], zero_shot_markdown(summaries, title=name))
     return Leaderboard(name, columns, rows, markdown, data, files)
+
+
+def protocol_families(results: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """The protocol families of the summaries under ``results`` (``grace``, ``tecoa``, ``fare``...)."""
+    return sorted({s.protocol_family for s in load_summaries(results)})
+
+
+def build_per_protocol(results: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                       name: str | None = None, **kw: Any) -> list[Leaderboard]:
+    """One leaderboard per protocol family: ``out_dir`` itself when there is one, else ``out_dir/<family>/``."""
+    families = protocol_families(results)
+    if len(families) == 1:
+        return [build_leaderboard(results, out_dir, name, protocol=families[0], **kw)]
+    base = Path(out_dir)
+    return [build_leaderboard(results, base / family, f"{name or base.name} · {family}", protocol=family, **kw)
+            for family in families]

@@ -117,6 +117,8 @@ def pool_protocol(summary: SummaryRecord) -> dict[str, Any]:
     proto = summary.protocol
     out = {k: proto.get(k) for k in POOL_KEYS}
     out["eps"] = format_eps(out["eps"])
+    if summary.protocol_family != "grace":  # a protocol preset: never pooled with another protocol's rows
+        out["preset"] = summary.protocol_family
     return out
 
 

@@ -27,6 +27,9 @@ def add_leaderboard_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     b.add_argument("--card-meta", default=None, metavar="FILE.json",
                    help='RobustBench card fields per model label, e.g. {"grace": {"link": "...", "venue": "..."}}; '
                    'key "*" applies to all')
+    b.add_argument("--protocol", default=None,
+                   help="only the summaries of this protocol (grace, tecoa, fare, custom-tecoa, ...); by default one "
+                        "leaderboard per protocol found, in --out/<protocol>/ when there are several")
     b.add_argument("--allow-mixed", action="store_true",
                    help="allow rows measured under different protocols (the header marks the mixed fields)")
     b.set_defaults(func=run_leaderboard)
@@ -35,7 +38,7 @@ def add_leaderboard_parser(subparsers: argparse._SubParsersAction) -> argparse.A
 
 def run_leaderboard(args: argparse.Namespace) -> int:
     """Run ``grace-bench leaderboard ACTION``; prints the Markdown table and the files written."""
-    from grace_bench.leaderboard.build import build_leaderboard
+    from grace_bench.leaderboard.build import build_leaderboard, build_per_protocol
     from grace_bench.utils.paths import check_writable_dir
 
     if getattr(args, "leaderboard_action", "build") != "build":
@@ -48,11 +51,18 @@ def run_leaderboard(args: argparse.Namespace) -> int:
         card_meta = read_json(Path(args.card_meta))
         if not all(isinstance(v, dict) for v in card_meta.values()):
             raise UserError(f"{args.card_meta} must map model labels to objects of RobustBench card fields")
-    board = build_leaderboard(args.results, args.out, args.name, allow_mixed=args.allow_mixed, card_meta=card_meta)
-    table = board.markdown.split("## Results", 1)[-1].strip()
-    print(table)
-    cards = sum(1 for p in board.files if "robustbench" in p.parts)
-    clipb = sum(1 for p in board.files if "clip_benchmark" in p.parts)
-    print(f"\nwrote {board.files[0]}, {board.files[1].name}, {cards} RobustBench card(s) and {clipb} "
-          f"CLIP_benchmark file(s) under {Path(args.out)}")
+    kw = {"allow_mixed": args.allow_mixed, "card_meta": card_meta}
+    if args.protocol:
+        boards = [build_leaderboard(args.results, args.out, args.name, protocol=args.protocol, **kw)]
+    else:
+        boards = build_per_protocol(args.results, args.out, args.name, **kw)
+    for board in boards:
+        if len(boards) > 1:
+            print(f"## {board.name}")
+        table = board.markdown.split("## Results", 1)[-1].strip()
+        print(table)
+        cards = sum(1 for p in board.files if "robustbench" in p.parts)
+        clipb = sum(1 for p in board.files if "clip_benchmark" in p.parts)
+        print(f"\nwrote {board.files[0]}, {board.files[1].name}, {cards} RobustBench card(s) and {clipb} "
+              f"CLIP_benchmark file(s) under {board.files[0].parent}")
     return 0

@@ -37,7 +37,8 @@ GEOMETRY_OBJECT_FIELDS = ("checkpoint", "config", "protocol", "metrics", "report
 RESULT_OBJECT_FIELDS = ("checkpoint", "config", "dataset", "metrics")
 
 GEOMETRY_NAME = re.compile(r"^geometry-(?P<kind>[a-z0-9_]+)-(?P<fp>[0-9a-fA-F]+)\.json$")
-SUMMARY_NAME = re.compile(r"^summary-(?P<fp>[0-9a-fA-F]+)\.json$")
+# summary-<fp12>.json (grace protocol) or summary-<fp12>-<protocol family>.json (tecoa, fare, custom-tecoa...)
+SUMMARY_NAME = re.compile(r"^summary-(?P<fp>[0-9a-fA-F]+)(?:-(?P<family>[a-z0-9][a-z0-9-]*))?\.json$")
 
 
 def _fp12(data: Mapping, path: Path | None, pattern: re.Pattern) -> str:
@@ -183,6 +184,11 @@ class SummaryRecord(_Record):
     @property
     def label(self) -> str:
         return str(self.data.get("label") or self.checkpoint.get("spec") or self.fp12)
+
+    @property
+    def protocol_family(self) -> str:
+        """The protocol preset group of this summary (``grace`` for summaries written before presets)."""
+        return str((self.data.get("protocol") or {}).get("family") or "grace")
 
     @property
     def suite(self) -> str | None:
