@@ -181,6 +181,12 @@ def draw_figures(run: StudyRun, stats: dict[str, dict[str, Any]], records: list[
         plot_training_curves(logs, title=f"Training curves (seed {first})", out=fig_dir / "training",
                              formats=("png",))
         written.append(fig_dir / "training.png")
+    tuning = tuning_file(run)
+    if tuning is not None:
+        try:
+            written += draw("sensitivity", [tuning], fig_dir, formats=("png",), log=run.log)
+        except UserError as exc:
+            run.log(f"  note: no sensitivity figure ({exc})")
     if run.geometry_dir.is_dir():
         for kind in FIGURE_KINDS:
             try:
@@ -188,6 +194,19 @@ def draw_figures(run: StudyRun, stats: dict[str, dict[str, Any]], records: list[
             except UserError as exc:
                 run.log(f"  note: no {kind} figure ({exc})")
     return written
+
+
+def tuning_file(run: StudyRun) -> Path | None:
+    """The tuning trials behind this study's settings: ``WORK/tuning.json`` (``--tune``), else the shipped file
+    when the recipe took its choices from it; None for a study on method defaults or an lr-only file."""
+    from grace_bench.study.recipe import TUNING_FILE
+
+    local = run.work / "tuning.json"
+    if local.is_file():
+        return local
+    if run.recipe.lr_source == TUNING_FILE.name and TUNING_FILE.is_file():
+        return TUNING_FILE
+    return None
 
 
 def _timing_line(run: StudyRun) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from grace_bench.errors import UserError
+from grace_bench.study.parallel import run_jobs
 from grace_bench.study.plan import Entry, finetune_config, wise_alphas, wise_dir
 from grace_bench.study.recipe import WISE, ZERO_SHOT, StudyRecipe, read_study_json
 from grace_bench.study.report import write_report
@@ -93,20 +94,29 @@ def _pretrain(run: StudyRun) -> None:
     run.log(f"micro-CLIP: shipped weights {SHIPPED_WEIGHTS}")
 
 
-def _finetune(run: StudyRun) -> None:
+def _train_one(cfg: Any) -> str:
+    """Train (or resume) one run; the line to log. Module-level so that ``--jobs`` workers can run it."""
     from grace_bench.finetune.trainer import train
 
-    todo = [e for e in run.entries() if e.spec.trains]
-    for entry in tqdm(todo, desc="fine-tune", unit="run", disable=not run.progress):
+    t0 = time.perf_counter()
+    result = train(cfg)
+    acc = "n/a" if result.val_acc is None else f"{result.val_acc:.3f}"
+    return f"  {Path(cfg.out).name}: {result.step} steps in {time.perf_counter() - t0:.0f} s, val acc {acc}"
+
+
+def _finetune(run: StudyRun) -> None:
+    todo = []
+    for entry in run.entries():
         out = entry.run_dir
-        if (out / "model.safetensors").is_file():
+        if not entry.spec.trains or (out / "model.safetensors").is_file():
             continue
         cfg = finetune_config(run.recipe, entry.spec, entry.seed, out, progress=False, device=run.device)
         cfg.resume = (out / "config.json").is_file()
-        t0 = time.perf_counter()
-        result = train(cfg)
-        acc = "n/a" if result.val_acc is None else f"{result.val_acc:.3f}"
-        run.log(f"  {out.name}: {result.step} steps in {time.perf_counter() - t0:.0f} s, val acc {acc}")
+        todo.append(cfg)
+    jobs = run.jobs if run.device_is_cpu() else 1  # one accelerator: one run at a time
+    for line in tqdm(run_jobs(_train_one, todo, jobs), total=len(todo), desc="fine-tune", unit="run",
+                     disable=not run.progress):
+        run.log(line)
 
 
 def _wise(run: StudyRun) -> None:
@@ -130,12 +140,15 @@ def _evaluate(run: StudyRun) -> None:
 
     recipe = run.recipe
     workers = get_suite(recipe.suite).loader_workers
-    for entry in tqdm(run.entries(), desc="evaluate", unit="ckpt", disable=not run.progress):
-        cfg = EvalConfig(checkpoint=entry.checkpoint, suite=recipe.suite, data_root=_path(recipe.data_root),
-                         attack=recipe.attack, eps=recipe.eps, n_adv=recipe.n_adv, limit=recipe.eval_limit,
-                         out=run.results_dir, device=run.device, label=entry.label, progress=False,
-                         workers=workers)
-        run_eval(cfg)
+    configs = [EvalConfig(checkpoint=entry.checkpoint, suite=recipe.suite, data_root=_path(recipe.data_root),
+                          attack=recipe.attack, eps=recipe.eps, n_adv=recipe.n_adv, limit=recipe.eval_limit,
+                          out=run.results_dir, device=run.device, label=entry.label, progress=False,
+                          workers=workers)
+               for entry in run.entries()]
+    jobs = run.jobs if run.device_is_cpu() else 1
+    for _ in tqdm(run_jobs(run_eval, configs, jobs), total=len(configs), desc="evaluate", unit="ckpt",
+                  disable=not run.progress):
+        pass
 
 
 def geometry_entries(run: StudyRun) -> list[Entry]:
