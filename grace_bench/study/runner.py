@@ -159,32 +159,45 @@ def geometry_entries(run: StudyRun) -> list[Entry]:
 
 
 def _geometry(run: StudyRun) -> None:
-    """Every geometry job of the recipe through the library (``geometry.compute``: finished files are skipped)."""
-    from grace_bench.geometry.api import compute
+    """Every geometry job of the recipe through the library (``geometry.compute``: finished files are skipped);
+    one checkpoint per job, ``run.jobs`` checkpoints at once."""
     from grace_bench.geometry.config import from_dict
     from grace_bench.geometry.registry import get_kind
-    from grace_bench.models.checkpoints import load_checkpoint
-    from grace_bench.runtime import resolve_device
 
-    device = resolve_device(run.device)
     configs = {}
     for kind, settings in run.recipe.geometry.items():
         cls = get_kind(kind).config
         data = {"suite": run.recipe.suite, "data_root": run.recipe.data_root} if cls.NEEDS_DATA else {}
         configs[kind] = from_dict(cls, {**data, **settings}, where=f"study geometry '{kind}'")
         configs[kind].validate()
-    jobs = [(kind, e) for e in geometry_entries(run) for kind in configs
-            if not (kind == "weights" and e.label == ZERO_SHOT)]
+    jobs = []
+    for entry in geometry_entries(run):
+        kinds = [(kind, cfg) for kind, cfg in configs.items() if not (kind == "weights" and entry.label == ZERO_SHOT)]
+        if kinds:
+            jobs.append((entry.checkpoint, entry.label, kinds, run.recipe.base, run.geometry_dir, run.device))
+    n = sum(len(j[2]) for j in jobs)
+    with tqdm(total=n, desc="geometry", unit="job", disable=not run.progress) as bar:
+        for done in run_jobs(_geometry_one, jobs, run.jobs if run.device_is_cpu() else 1):
+            bar.update(done)
+
+
+def _geometry_one(job: tuple[str, str, list[tuple[str, Any]], str, Path, str]) -> int:
+    """Every geometry kind of one checkpoint (module-level: ``--jobs`` workers run it); returns the kinds done."""
+    from grace_bench.geometry.api import compute
+    from grace_bench.models.checkpoints import load_checkpoint
+    from grace_bench.runtime import resolve_device
+
+    checkpoint, label, kinds, base_spec, out, device_name = job
+    device = resolve_device(device_name)
+    model = load_checkpoint(checkpoint, device=device)
     base = None
-    current: tuple[str, Any] | None = None  # (spec, model): one checkpoint in memory at a time
-    for kind, entry in tqdm(jobs, desc="geometry", unit="job", disable=not run.progress):
-        if current is None or current[0] != entry.checkpoint:
-            current = (entry.checkpoint, load_checkpoint(entry.checkpoint, device=device))
+    for kind, cfg in kinds:
         ref = None
-        if configs[kind].ref_use() != "never":
-            base = base or load_checkpoint(run.recipe.base, device=device)
+        if cfg.ref_use() != "never":
+            base = base or load_checkpoint(base_spec, device=device)
             ref = base
-        compute(kind, current[1], configs[kind], run.geometry_dir, ref=ref, label=entry.label)
+        compute(kind, model, cfg, out, ref=ref, label=label)
+    return len(kinds)
 
 
 def _path(value: str | None) -> Path | None:

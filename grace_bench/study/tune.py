@@ -59,8 +59,9 @@ def trial_dir(work: Path, label: str, trial: dict[str, Any]) -> Path:
     return work / "tune" / label / f"t{trial['index']:02d}-{digest}"
 
 
-def validation_scores(run_dir: Path, recipe: StudyRecipe, device: str = "cpu") -> dict[str, float]:
-    """Clean and PGD-10 robust top-1 of a finished run on the first ``VAL_MAX`` val images."""
+def validation_scores(run_dir: Path, recipe: StudyRecipe, device: str = "cpu", val_max: int | None = None
+                      ) -> dict[str, float]:
+    """Clean and PGD-10 robust top-1 of a finished run on the first ``val_max`` (default ``VAL_MAX``) val images."""
     from grace_bench.attacks.pgd import pgd_attack
     from grace_bench.attacks.threat import parse_eps
     from grace_bench.data.suites import DataContext, get_suite
@@ -75,7 +76,7 @@ def validation_scores(run_dir: Path, recipe: StudyRecipe, device: str = "cpu") -
         val = suite.train_split(ctx, "val")
     except UserError as exc:
         raise UserError(f"suite '{recipe.suite}' has no val split to tune on ({exc}); pass --lr-file instead") from exc
-    n = min(VAL_MAX, len(val))
+    n = min(VAL_MAX if val_max is None else val_max, len(val))
     xs, ys = zip(*(val[i] for i in range(n)))
     x, y = torch.stack(xs).to(device), torch.as_tensor(ys).to(device)
     clf = classifier_for(clip, suite, device=device)
@@ -89,12 +90,12 @@ def validation_scores(run_dir: Path, recipe: StudyRecipe, device: str = "cpu") -
     return {"val_clean": clean, "val_robust": robust, "val_hm": hm, "n": n}
 
 
-def _run_trial(job: tuple[StudyRecipe, MethodSpec, int, dict[str, Any], Path, str]) -> dict[str, Any]:
+def _run_trial(job: tuple[StudyRecipe, MethodSpec, int, dict[str, Any], Path, str, int]) -> dict[str, Any]:
     """Train one trial (or resume it) and score it; cached in its folder. Module-level: runs in workers too."""
     from grace_bench.finetune.trainer import train
     from grace_bench.runtime import resolve_device
 
-    recipe, spec, seed, trial, out, device = job
+    recipe, spec, seed, trial, out, device, val_max = job
     cached = out / "val_scores.json"
     took = None
     if not (out / "model.safetensors").is_file():
@@ -109,7 +110,7 @@ def _run_trial(job: tuple[StudyRecipe, MethodSpec, int, dict[str, Any], Path, st
         if not all(isinstance(scores.get(k), (int, float)) for k in SCORE_KEYS):
             raise UserError(f"{cached} lacks numeric val_clean/val_robust/val_hm; delete it to score that run again")
     else:
-        scores = validation_scores(out, recipe, device=str(resolve_device(device)))
+        scores = validation_scores(out, recipe, device=str(resolve_device(device)), val_max=val_max)
         atomic_write_json(cached, scores)
     return {**trial, **{k: scores[k] for k in (*SCORE_KEYS, "n")}, "train_s": took}
 
@@ -124,7 +125,7 @@ def tune(recipe: StudyRecipe, work: Path, *, trials: int = TRIALS, seed: int = S
     train_seed = recipe.seeds[0]
     specs = {s.label: s for s in tuned_specs(recipe)}
     plan = plan_trials(recipe, trials, seed)
-    todo = [(recipe, specs[label], train_seed, t, trial_dir(work, label, t), device)
+    todo = [(recipe, specs[label], train_seed, t, trial_dir(work, label, t), device, VAL_MAX)
             for label, ts in plan.items() for t in ts]
     results: dict[str, list[dict[str, Any]]] = {label: [] for label in plan}
     bar = tqdm(total=len(todo), desc=f"tune ({trials} trials per method)", unit="run", disable=not progress)
