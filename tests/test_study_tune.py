@@ -26,6 +26,7 @@ def test_trials_are_deterministic_and_every_row_gets_the_same_budget():
     assert plan != plan_trials(recipe, 6, seed=1)
     assert set(plan) == {s.label for s in tuned_specs(recipe)}
     assert "grace-gv" not in plan and "grace" in plan and "grace-default" in plan  # ablations borrow grace's
+    assert [s.label for s in tuned_specs(study_recipe("micro", methods=["grace-gv"]))] == ["grace"]
     assert {len(ts) for ts in plan.values()} == {6}
     grace = plan["grace"]
     assert {tuple(sorted(t["method_args"])) for t in grace} == {("awp_rho", "lambda_gv", "lambda_lar")}
@@ -115,6 +116,27 @@ def test_compare_rejects_bad_jobs_and_tuning_flags_without_tune(tmp_path, capsys
     assert "--jobs" in capsys.readouterr().err
     assert main(["compare", "--quick", "--trials", "3", "--work", str(tmp_path / "w")]) == 2
     assert "add --tune" in capsys.readouterr().err
+
+
+def test_jobs_default_to_one_single_thread_run_per_core(monkeypatch):
+    import os
+
+    import torch
+
+    from grace_bench.study.parallel import MAX_AUTO_JOBS, resolve_jobs
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("GRACE_BENCH_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(6)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    try:
+        assert resolve_jobs(None, None) == min(6, MAX_AUTO_JOBS) and torch.get_num_threads() == 1
+        assert resolve_jobs(None, 3) == 2  # a thread count given: as many runs as fit the cores
+        assert resolve_jobs(5, 3) == 5
+        with pytest.raises(UserError, match="--jobs"):
+            resolve_jobs(0, None)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _tuning_record() -> dict:

@@ -35,9 +35,10 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--tune-only", action="store_true", help="with --tune: stop after writing WORK/tuning.json")
     p.add_argument("--trials", type=int, help=f"--tune: trials per method (default {TRIALS})")
     p.add_argument("--tune-seed", type=int, help=f"--tune: seed of the random search (default {SEARCH_SEED})")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="fine-tuning runs and evaluations at once, each in its own process with --threads threads "
-                        "(numbers do not depend on it; on 2 cores --threads 1 --jobs 2 is fastest)")
+    p.add_argument("--jobs", type=int,
+                   help="fine-tuning runs, evaluations and geometry checkpoints at once, each in its own process "
+                        "with --threads threads; numbers do not depend on it (default on CPU: one job per core, at "
+                        "most 4, with 1 thread each unless --threads is given)")
     p.add_argument("--lr-file", type=Path,
                    help="tuning.json whose selected lrs and knobs to use (default: the shipped one)")
     p.add_argument("--work", type=Path, help="runs and raw results (default: studies/SUITE[-quick])")
@@ -59,9 +60,9 @@ def run_compare(args: argparse.Namespace) -> int:
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise UserError(f"unknown stage '{bad[0]}'; choose from: {' '.join(STAGES)}")
-    from grace_bench.study.parallel import check_jobs
+    from grace_bench.study.parallel import resolve_jobs
 
-    check_jobs(args.jobs)
+    args.jobs = resolve_jobs(args.jobs, getattr(args, "threads", None), args.device)
     if (args.tune_only or args.trials is not None or args.tune_seed is not None) and not args.tune:
         raise UserError("--tune-only, --trials and --tune-seed apply to tuning; add --tune")
     if args.trials is not None and args.trials < 1:
@@ -86,7 +87,10 @@ def run_compare(args: argparse.Namespace) -> int:
         print(f"== tune (lr and each method's knobs on the val split, {trials} trials per method)")
         tune(recipe, work, trials=trials, seed=SEARCH_SEED if args.tune_seed is None else args.tune_seed,
              jobs=args.jobs, progress=progress, device=args.device)
-        (recipe.lr, recipe.knobs), recipe.lr_source = load_tuning(work / "tuning.json"), f"{work / 'tuning.json'}"
+        lrs, knobs = load_tuning(work / "tuning.json")  # the rows tuned now; the others keep the shipped choices
+        recipe.lr = {**recipe.lr, **lrs}
+        recipe.knobs = {**{k: v for k, v in recipe.knobs.items() if k not in lrs}, **knobs}
+        recipe.lr_source = f"{work / 'tuning.json'}"
         if args.tune_only:
             print(f"wrote {work / 'tuning.json'}; total {time.perf_counter() - t0:.0f} s")
             return 0

@@ -297,5 +297,10 @@ def _budget_line(recipe: Any) -> str:
     lrs = ", ".join(f"{k} {v:g}" for k, v in sorted(recipe.lr.items())) or "method defaults"
     return (f"{recipe.steps} steps of batch {recipe.batch_size}, warm-up {recipe.warmup_steps}, AdamW + cosine; "
             f"adversarial training at ε {recipe.train_eps} with PGD-{recipe.train_pgd_steps} (step "
-            f"{recipe.train_pgd_step_size}); lr per method chosen on the val split ({recipe.lr_source}): {lrs}")
+            f"{recipe.train_pgd_step_size}); lr per method chosen on the val split ({recipe.lr_source}): {lrs}"
+            + "".join(f"; {k} knobs {_knobs(v)}" for k, v in sorted(getattr(recipe, "knobs", {}).items())))
+
+
+def _knobs(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in sorted(values.items()))
 

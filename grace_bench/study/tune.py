@@ -35,8 +35,15 @@ SCORE_KEYS = ("val_clean", "val_robust", "val_hm")
 
 
 def tuned_specs(recipe: StudyRecipe) -> list[MethodSpec]:
-    """The rows that get their own trials: every trainable row that does not borrow another row's choices."""
-    return [s for s in recipe.specs() if s.trains and s.lr_from is None]
+    """The rows that get their own trials: every trainable row that does not borrow another row's choices, and
+    the rows those borrow from (tuning an ablation alone tunes GRACE)."""
+    from grace_bench.study.recipe import method_spec
+
+    specs = recipe.specs()
+    wanted = {s.label for s in specs if s.trains and s.lr_from is None}
+    wanted |= {s.lr_from for s in specs if s.trains and s.lr_from}
+    return [method_spec(label) for label in dict.fromkeys([*(s.label for s in specs), *sorted(wanted)])
+            if label in wanted]
 
 
 def spec_space(spec: MethodSpec):
