@@ -75,8 +75,9 @@ def test_tuned_knobs_reach_the_trainer_and_a_row_pin_wins(tmp_path):
 
 def test_tuning_files_of_both_schemas_load_and_a_broken_one_is_refused(tmp_path):
     v1 = tmp_path / "v1.json"
-    v1.write_text(json.dumps({"selected": {"ft": {"lr": 0.003, "criterion": "val_clean"}}}))
-    assert load_tuning(v1) == ({"ft": 0.003}, {})
+    v1.write_text(json.dumps({"selected": {"ft": {"lr": 0.003, "criterion": "val_clean"}, "grace": {"lr": 0.01}}}))
+    # GRACE's lr of an lr-only file was tuned at the spec defaults: grace-default's setting
+    assert load_tuning(v1) == ({"ft": 0.003, "grace": 0.01, "grace-default": 0.01}, {})
     v2 = tmp_path / "v2.json"
     v2.write_text(json.dumps({"selected": {"ft": {"lr": 0.003, "method_args": {}},
                                            "grace": {"lr": 0.01, "method_args": {"lambda_gv": 0.1}}}}))

@@ -174,6 +174,8 @@ def load_tuning(path: Path | None = None) -> tuple[dict[str, float], dict[str, d
         knobs = {k: dict(v.get("method_args") or {}) for k, v in selected.items()}
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path} has no valid 'selected' settings ({exc!r}); {fix}") from exc
+    if "grace" in lrs and "grace-default" not in lrs and not any(knobs.values()):
+        lrs["grace-default"] = lrs["grace"]  # an lr-only file tuned GRACE's lr at the spec defaults: that row
     return lrs, {k: v for k, v in knobs.items() if v}
 
 
