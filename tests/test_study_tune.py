@@ -43,7 +43,9 @@ def test_trials_are_deterministic_and_every_row_gets_the_same_budget():
 def test_a_method_without_knobs_tunes_lr_only_and_a_knob_is_one_line(monkeypatch):
     assert [k.name for k in space_for("some-new-baseline", 0)] == ["lr"]
     assert space_for("some-new-baseline", 0)[0] is search_space.LR_FULL
-    assert space_for("grace", None)[0] is search_space.LR_LORA  # GRACE's default is LoRA
+    assert space_for("grace", None)[0] is search_space.LR_LORA  # the method's default: GRACE trains LoRA,
+    assert space_for("tecoa", None)[0] is search_space.LR_FULL  # TeCoA the whole tower
+    assert space_for("tecoa", 64)[0] is search_space.LR_LORA
     monkeypatch.setitem(search_space.KNOBS, "some-new-baseline", (Knob("kappa", "test", 0.1, 1.0),))
     points = trial_points(space_for("some-new-baseline", 0), 4, key="x")
     assert all(0.1 <= p["kappa"] <= 1.0 for p in points) and len({p["kappa"] for p in points}) == 4

@@ -38,7 +38,7 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--jobs", type=int,
                    help="fine-tuning runs, evaluations and geometry checkpoints at once, each in its own process "
                         "with --threads threads; numbers do not depend on it (default on CPU: one job per core, at "
-                        "most 4, with 1 thread each unless --threads is given)")
+                        "most 4, with 1 thread each unless --threads is given; 1 with --quick)")
     p.add_argument("--lr-file", type=Path,
                    help="tuning.json whose selected lrs and knobs to use (default: the shipped one)")
     p.add_argument("--work", type=Path, help="runs and raw results (default: studies/SUITE[-quick])")
@@ -62,7 +62,9 @@ def run_compare(args: argparse.Namespace) -> int:
         raise UserError(f"unknown stage '{bad[0]}'; choose from: {' '.join(STAGES)}")
     from grace_bench.study.parallel import resolve_jobs
 
-    args.jobs = resolve_jobs(args.jobs, getattr(args, "threads", None), args.device)
+    # --quick: runs of seconds, where starting worker processes costs more than it saves
+    args.jobs = resolve_jobs(1 if args.jobs is None and args.quick else args.jobs, getattr(args, "threads", None),
+                             args.device)
     if (args.tune_only or args.trials is not None or args.tune_seed is not None) and not args.tune:
         raise UserError("--tune-only, --trials and --tune-seed apply to tuning; add --tune")
     if args.trials is not None and args.trials < 1:

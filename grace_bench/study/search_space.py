@@ -81,15 +81,21 @@ KNOBS: dict[str, tuple[Knob, ...]] = {
 }
 
 
-def uses_lora(lora_rank: int | None) -> bool:
-    """None is the method default (GRACE: LoRA 64); 0 is full fine-tuning."""
-    return lora_rank is None or lora_rank > 0
+def uses_lora(method: str, lora_rank: int | None) -> bool:
+    """0 is full fine-tuning; None is the method's default (its ``trainer_defaults`` lora_rank; GRACE: 64)."""
+    if lora_rank is not None:
+        return lora_rank > 0
+    from grace_bench.finetune.config import FALLBACK
+    from grace_bench.finetune.methods import get_method
+
+    default = get_method(method).trainer_defaults.get("lora_rank")
+    return int(FALLBACK["lora_rank"] if default is None else default.value) > 0
 
 
 def space_for(method: str, lora_rank: int | None, pinned: dict[str, Any] | None = None) -> tuple[Knob, ...]:
     """The knobs one row tunes: its lr range plus its method's knobs, minus those the row pins."""
     pinned = pinned or {}
-    lr = LR_LORA if uses_lora(lora_rank) else LR_FULL
+    lr = LR_LORA if uses_lora(method, lora_rank) else LR_FULL
     return (lr, *(k for k in KNOBS.get(method, ()) if k.name not in pinned))
 
 
