@@ -17,7 +17,10 @@ from typing import Any
 from grace_bench.errors import UserError
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-MICRO_TUNING_FILE = PACKAGE_ROOT / "study" / "micro_lr.json"
+# the equal-budget tuning (lr and knobs) once shipped, else the first lr-only sweep; only budget and lr are read here
+MICRO_TUNING_FILE = next((p for p in (PACKAGE_ROOT / "study" / "micro_tuning.json",
+                                      PACKAGE_ROOT / "study" / "micro_lr.json") if p.is_file()),
+                         PACKAGE_ROOT / "study" / "micro_lr.json")
 # tuning-file "budget" key -> (where it goes, FinetuneConfig or method_args key)
 _BUDGET_KEYS = {
     "steps": ("trainer", "max_steps"), "batch_size": ("trainer", "batch_size"),

@@ -9,6 +9,7 @@ tradeoff   summary-*.json                                  tradeoff (+ tradeoff-
 wise       summary-*.json (those with a WiSE-FT alpha)     wise
 training   runs/NAME/log.jsonl (or run directories)        training
 metrics    geometry-*.json (any kind)                      metric-<key> for every geometry metric of the table
+sensitivity *tuning.json (compare --tune)                   sensitivity-<row> for every row with knobs of its own
 
 ``records`` holds result files or directories (searched recursively), and/or records already loaded
 (``results.SummaryRecord`` / ``results.GeometryRecord``). A new figure family registers its drawer with
@@ -480,7 +481,42 @@ def _metrics(req: DrawRequest, out: Path) -> list[Path]:
     return written
 
 
+# --- tuning sensitivity ----------------------------------------------------------------------------------
+
+
+def _sensitivity(req: DrawRequest, out: Path) -> list[Path]:
+    """Per tuned row with knobs of its own: val HM, robust and clean top-1 against each knob (tuning trials)."""
+    from grace_bench.plots.sensitivity import plot_sensitivity
+
+    files = find_files(req.paths, "*tuning.json") if req.paths else []
+    written: list[Path] = []
+    for path in files:
+        data = read_json(path)
+        if not str(data.get("schema", "")).startswith("grace-bench/tuning/"):
+            raise UserError(f"{path} is not a tuning file of `grace-bench compare --tune`; pass WORK/tuning.json")
+        spaces, trials = data.get("spaces") or {}, data.get("trials") or {}
+        if not isinstance(spaces, dict) or not isinstance(trials, dict):
+            raise UserError(f"{path}: 'spaces' and 'trials' must be objects; rerun `grace-bench compare --tune`")
+        for label, space in spaces.items():
+            knobs = [k["name"] for k in space if k.get("name") != "lr"]
+            if not knobs or not trials.get(label):
+                continue
+            log = [k["name"] for k in space if k.get("log") and not k.get("choices")]
+            chosen = (data.get("selected") or {}).get(label) or {}
+            budget = data.get("budget") or {}
+            sub = (f"validation split ({trials[label][0].get('n', '?')} images), training seed {data.get('seed')}, "
+                   f"{budget.get('steps')} steps each")
+            stem = out / f"sensitivity-{slug(label)}"
+            plot_sensitivity(trials[label], [*knobs, "lr"], label=label, log_knobs=log, selected=chosen.get("trial"),
+                             subtitle=sub, out=stem, formats=req.formats)
+            written += req.written(stem)
+    if not written:
+        raise UserError(f"no tuning trials with method knobs among {req.describe()}; run `grace-bench compare --tune` "
+                        "and pass WORK/tuning.json")
+    return written
+
+
 for _kind, _drawer in (("landscape", _landscape), ("spectrum", _spectrum), ("curvature", _curvature), ("cka", _cka),
                        ("tradeoff", _tradeoff), ("wise", _wise), ("training", _training),
-                       ("metrics", _metrics)):
+                       ("metrics", _metrics), ("sensitivity", _sensitivity)):
     register_kind(_kind, _drawer)

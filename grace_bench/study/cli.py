@@ -14,6 +14,7 @@ from grace_bench.errors import UserError
 def add_compare_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``compare`` on the top-level CLI's subparsers."""
     from grace_bench.study.recipe import BY_LABEL
+    from grace_bench.study.search_space import SEARCH_SEED, TRIALS
 
     p = subparsers.add_parser(
         "compare", help="run the whole study: every method, seeds, eval, geometry, leaderboard and figures",
@@ -25,12 +26,21 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--base", help="zero-shot checkpoint spec (default: micro, or ViT-B-32:openai for imagenet)")
     p.add_argument("--methods", nargs="+", metavar="M",
                    help=f"rows to run (zero-shot always; wise-ft adds ft): {', '.join(BY_LABEL)}")
-    p.add_argument("--seeds", type=int, help="number of seeds of the main rows (default 3; --quick 1)")
+    p.add_argument("--seeds", type=int, help="number of seeds of the main rows (default 5; --quick 1)")
     p.add_argument("--steps", type=int, help="training steps of every method (default: the recipe's)")
     p.add_argument("--quick", action="store_true", help="a reduced study for CI: few methods, steps and images")
     p.add_argument("--tune", action="store_true",
-                   help="first choose each method's lr on the val split (writes WORK/tuning.json) and use it")
-    p.add_argument("--lr-file", type=Path, help="tuning.json whose selected lrs to use (default: the shipped one)")
+                   help="first tune each method's lr and own knobs on the val split, the same number of trials for "
+                        "every method (writes WORK/tuning.json), and use the choices")
+    p.add_argument("--tune-only", action="store_true", help="with --tune: stop after writing WORK/tuning.json")
+    p.add_argument("--trials", type=int, help=f"--tune: trials per method (default {TRIALS})")
+    p.add_argument("--tune-seed", type=int, help=f"--tune: seed of the random search (default {SEARCH_SEED})")
+    p.add_argument("--jobs", type=int,
+                   help="fine-tuning runs, evaluations and geometry checkpoints at once, each in its own process "
+                        "with --threads threads; numbers do not depend on it (default on CPU: one job per core, at "
+                        "most 4, with 1 thread each unless --threads is given; 1 with --quick)")
+    p.add_argument("--lr-file", type=Path,
+                   help="tuning.json whose selected lrs and knobs to use (default: the shipped one)")
     p.add_argument("--work", type=Path, help="runs and raw results (default: studies/SUITE[-quick])")
     p.add_argument("--out", type=Path, help="tables and figures (default: leaderboards/SUITE[-quick])")
     p.add_argument("--stages", nargs="+", help="only these stages: pretrain finetune wise eval geometry report")
@@ -50,6 +60,15 @@ def run_compare(args: argparse.Namespace) -> int:
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise UserError(f"unknown stage '{bad[0]}'; choose from: {' '.join(STAGES)}")
+    from grace_bench.study.parallel import resolve_jobs
+
+    # --quick: runs of seconds, where starting worker processes costs more than it saves
+    args.jobs = resolve_jobs(1 if args.jobs is None and args.quick else args.jobs, getattr(args, "threads", None),
+                             args.device)
+    if (args.tune_only or args.trials is not None or args.tune_seed is not None) and not args.tune:
+        raise UserError("--tune-only, --trials and --tune-seed apply to tuning; add --tune")
+    if args.trials is not None and args.trials < 1:
+        raise UserError(f"--trials must be at least 1, got {args.trials}")
     if args.lr_file is not None and not args.lr_file.is_file():
         raise UserError(f"--lr-file {args.lr_file} does not exist; pass a tuning.json written by compare --tune")
     suffix = "-quick" if args.quick else ""
@@ -62,13 +81,22 @@ def run_compare(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     t0 = time.perf_counter()
     if args.tune:
-        from grace_bench.study.recipe import load_tuned_lr
+        from grace_bench.study.recipe import load_tuning
+        from grace_bench.study.search_space import SEARCH_SEED, TRIALS
         from grace_bench.study.tune import tune
 
-        print("== tune (lr on the val split)")
-        tune(recipe, work, progress=progress, device=args.device)
-        recipe.lr, recipe.lr_source = load_tuned_lr(work / "tuning.json"), f"{work / 'tuning.json'}"
-    run = StudyRun(recipe, work, out, device=args.device, progress=progress)
+        trials = TRIALS if args.trials is None else args.trials
+        print(f"== tune (lr and each method's knobs on the val split, {trials} trials per method)")
+        tune(recipe, work, trials=trials, seed=SEARCH_SEED if args.tune_seed is None else args.tune_seed,
+             jobs=args.jobs, progress=progress, device=args.device)
+        lrs, knobs = load_tuning(work / "tuning.json")  # the rows tuned now; the others keep the shipped choices
+        recipe.lr = {**recipe.lr, **lrs}
+        recipe.knobs = {**{k: v for k, v in recipe.knobs.items() if k not in lrs}, **knobs}
+        recipe.lr_source = f"{work / 'tuning.json'}"
+        if args.tune_only:
+            print(f"wrote {work / 'tuning.json'}; total {time.perf_counter() - t0:.0f} s")
+            return 0
+    run = StudyRun(recipe, work, out, device=args.device, progress=progress, jobs=args.jobs)
     run.command = "grace-bench " + " ".join(shlex.quote(a) for a in _argv(args))
     report = run_study(run, stages)
     if report:

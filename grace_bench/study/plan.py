@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from grace_bench.finetune.config import FinetuneConfig
 from grace_bench.finetune.wise import alpha_dirname
@@ -66,11 +67,17 @@ def entries(recipe: StudyRecipe, work: Path) -> list[Entry]:
 
 
 def finetune_config(recipe: StudyRecipe, spec: MethodSpec, seed: int, out: Path, *, lr: float | None = None,
-                    progress: bool = True, device: str = "auto") -> FinetuneConfig:
-    """The trainer config of ``spec`` with ``seed`` under the recipe's shared budget."""
+                    knobs: dict[str, Any] | None = None, progress: bool = True, device: str = "auto") -> FinetuneConfig:
+    """The trainer config of ``spec`` with ``seed`` under the recipe's shared budget.
+
+    Method arguments, later ones winning: the tuned knobs (``knobs``, else the recipe's for this row or the row
+    it takes its lr from), the row's own ``method_args`` (what makes it this variant), the shared threat model.
+    """
     from grace_bench.data.suites import get_suite
 
-    method_args = dict(spec.method_args)
+    if knobs is None:
+        knobs = recipe.knobs.get(spec.label, recipe.knobs.get(spec.lr_from or "", {}))
+    method_args = {**knobs, **dict(spec.method_args)}
     if spec.adversarial:
         method_args.update(eps=recipe.train_eps, pgd_steps=recipe.train_pgd_steps,
                            pgd_step_size=recipe.train_pgd_step_size)

@@ -2,8 +2,9 @@
 the geometry settings. ``study_recipe`` builds the default (or ``--quick``) recipe for a suite.
 
 Every method of a study trains with the same budget (steps, batch, warm-up, seeds) and, for the
-adversarial ones, the same threat model; only the learning rate differs, chosen on the validation
-split by ``grace-bench compare --tune`` (the micro choices are shipped in ``micro_lr.json``).
+adversarial ones, the same threat model; the learning rate and each method's own knobs differ, chosen
+on the validation split with the same number of trials per method by ``grace-bench compare --tune``
+(the micro choices are shipped in ``micro_tuning.json``; ``micro_lr.json`` holds the older lr-only sweep).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from grace_bench.errors import UserError
 
 ZERO_SHOT = "zero-shot"
 WISE = "wise-ft"
-TUNED_LR_FILE = Path(__file__).with_name("micro_lr.json")
+LR_ONLY_FILE = Path(__file__).with_name("micro_lr.json")  # the first, lr-only tuning (schema v1)
+TUNING_FILE = Path(__file__).with_name("micro_tuning.json")  # equal-budget tuning of lr and knobs (schema v2)
+GRACE_SPEC_DEFAULTS = (("lambda_gv", 1.0), ("lambda_lar", 1.0), ("awp_rho", 5e-3))
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ CATALOGUE: tuple[MethodSpec, ...] = (
                adversarial=True),
     MethodSpec("grace", "grace", "main", "LoRA + LAR-AWP with curvature curriculum + Gram-volume loss",
                adversarial=True),
+    MethodSpec("grace-default", "grace", "main", "GRACE at the spec defaults λ_GV = λ_LAR = 1, ρ = 5e-3 (lr tuned)",
+               method_args=GRACE_SPEC_DEFAULTS, adversarial=True),
     MethodSpec("sim-clip", "sim-clip", "recent", "Sim-CLIP: FARE with -cos to the frozen clean embedding, "
                "momentum PGD", lora_rank=0, adversarial=True, all_seeds=True),
     MethodSpec("advclip-lora", "advclip-lora", "recent", "AdvCLIP-LoRA: LoRA r=2 on q/k/v of both towers, CE on a "
@@ -74,6 +79,7 @@ CATALOGUE: tuple[MethodSpec, ...] = (
 )
 BY_LABEL = {m.label: m for m in CATALOGUE}
 QUICK_METHODS = (ZERO_SHOT, "ft", WISE, "tecoa", "grace", "grace-gv")
+DEFAULT_SEEDS = 5
 
 
 def method_spec(label: str) -> MethodSpec:
@@ -91,13 +97,14 @@ class StudyRecipe:
     base: str = "micro"
     data_root: str | None = None
     methods: list[str] = field(default_factory=lambda: [m.label for m in CATALOGUE])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: list(range(DEFAULT_SEEDS)))
     # training budget shared by every method (None: each method's paper default)
     steps: int | None = 60
     batch_size: int | None = 32
     warmup_steps: int | None = 6
     save_every: int = 20
     lr: dict[str, float] = field(default_factory=dict)
+    knobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # tuned method_args per row
     lr_source: str = ""
     # the threat model every adversarial method trains with
     train_eps: str = "4/255"
@@ -129,6 +136,8 @@ class StudyRecipe:
         d = self.to_dict()
         for key in ("methods", "seeds", "data_root", "wise_curve", "geometry"):
             d.pop(key)
+        if not d["knobs"]:  # a study from before knob tuning resumes unchanged
+            d.pop("knobs")
         return d
 
 
@@ -152,16 +161,33 @@ def read_study_json(path: Path, fix: str) -> dict[str, Any]:
     return data
 
 
-def load_tuned_lr(path: Path = TUNED_LR_FILE) -> dict[str, float]:
-    """The per-method learning rates chosen on the validation split (``compare --tune`` writes them)."""
+def default_tuning_file() -> Path:
+    """The shipped tuning: the equal-budget one when present, else the lr-only sweep."""
+    return TUNING_FILE if TUNING_FILE.is_file() else LR_ONLY_FILE
+
+
+def load_tuning(path: Path | None = None) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """Per row, the learning rate and the method knobs chosen on the validation split (``compare --tune`` writes
+    them; an lr-only file of schema v1 has no knobs)."""
+    path = path or default_tuning_file()
     if not path.is_file():
-        return {}
-    data = read_study_json(path, "rerun `grace-bench compare --tune`")
+        return {}, {}
+    fix = "rerun `grace-bench compare --tune`"
+    data = read_study_json(path, fix)
+    selected = data.get("selected", {})
     try:
-        return {k: float(v["lr"]) for k, v in data.get("selected", {}).items()}
+        lrs = {k: float(v["lr"]) for k, v in selected.items()}
+        knobs = {k: dict(v.get("method_args") or {}) for k, v in selected.items()}
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{path} has no valid 'selected' learning rates ({exc!r}); rerun `grace-bench compare "
-                        "--tune`") from exc
+        raise UserError(f"{path} has no valid 'selected' settings ({exc!r}); {fix}") from exc
+    if "grace" in lrs and "grace-default" not in lrs and not any(knobs.values()):
+        lrs["grace-default"] = lrs["grace"]  # an lr-only file tuned GRACE's lr at the spec defaults: that row
+    return lrs, {k: v for k, v in knobs.items() if v}
+
+
+def load_tuned_lr(path: Path | None = None) -> dict[str, float]:
+    """The per-method learning rates chosen on the validation split."""
+    return load_tuning(path)[0]
 
 
 def _apply_suite_budget(recipe: StudyRecipe, suite: str) -> None:
@@ -190,8 +216,9 @@ def study_recipe(suite: str = "micro", *, quick: bool = False, methods: list[str
     if suite_spec.training_defaults() is not None:
         recipe = StudyRecipe(suite=suite, base=suite_spec.default_checkpoint or "micro")
         _apply_suite_budget(recipe, suite)  # the budget `grace-bench finetune --suite SUITE` uses too
-        recipe.lr = load_tuned_lr(lr_file or TUNED_LR_FILE)
-        recipe.lr_source = str((lr_file or TUNED_LR_FILE).name) if recipe.lr else "method defaults"
+        tuning = lr_file or default_tuning_file()
+        recipe.lr, recipe.knobs = load_tuning(tuning)
+        recipe.lr_source = str(tuning.name) if recipe.lr else "method defaults"
         if quick:
             recipe.methods = list(QUICK_METHODS)
             recipe.seeds = [0]

@@ -267,6 +267,12 @@ def draw_figures(run: StudyRun, stats: dict[str, dict[str, Any]], records: list[
         plot_training_curves(logs, title=f"Training curves (seed {first})", out=fig_dir / "training",
                              formats=("png",))
         written.append(fig_dir / "training.png")
+    tuning = tuning_file(run)
+    if tuning is not None:
+        try:
+            written += draw("sensitivity", [tuning], fig_dir, formats=("png",), log=run.log)
+        except UserError as exc:
+            run.log(f"  note: no sensitivity figure ({exc})")
     if run.geometry_dir.is_dir():
         for kind in FIGURE_KINDS:
             try:
@@ -274,6 +280,19 @@ def draw_figures(run: StudyRun, stats: dict[str, dict[str, Any]], records: list[
             except UserError as exc:
                 run.log(f"  note: no {kind} figure ({exc})")
     return written
+
+
+def tuning_file(run: StudyRun) -> Path | None:
+    """The tuning trials behind this study's settings: ``WORK/tuning.json`` (``--tune``), else the shipped file
+    when the recipe took its choices from it; None for a study on method defaults or an lr-only file."""
+    from grace_bench.study.recipe import TUNING_FILE
+
+    local = run.work / "tuning.json"
+    if local.is_file():
+        return local
+    if run.recipe.lr_source == TUNING_FILE.name and TUNING_FILE.is_file():
+        return TUNING_FILE
+    return None
 
 
 def _timing_line(run: StudyRun) -> str:
@@ -388,5 +407,10 @@ def _budget_line(recipe: Any) -> str:
     lrs = ", ".join(f"{k} {v:g}" for k, v in sorted(recipe.lr.items())) or "method defaults"
     return (f"{recipe.steps} steps of batch {recipe.batch_size}, warm-up {recipe.warmup_steps}, AdamW + cosine; "
             f"adversarial training at ε {recipe.train_eps} with PGD-{recipe.train_pgd_steps} (step "
-            f"{recipe.train_pgd_step_size}); lr per method chosen on the val split ({recipe.lr_source}): {lrs}")
+            f"{recipe.train_pgd_step_size}); lr per method chosen on the val split ({recipe.lr_source}): {lrs}"
+            + "".join(f"; {k} knobs {_knobs(v)}" for k, v in sorted(getattr(recipe, "knobs", {}).items())))
+
+
+def _knobs(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in sorted(values.items()))
 

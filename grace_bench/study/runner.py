@@ -18,6 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from grace_bench.errors import UserError
+from grace_bench.study.parallel import run_jobs
 from grace_bench.study.plan import Entry, finetune_config, wise_alphas, wise_dir
 from grace_bench.study.recipe import WISE, ZERO_SHOT, StudyRecipe, read_study_json
 from grace_bench.study.report import write_report
@@ -93,20 +94,29 @@ def _pretrain(run: StudyRun) -> None:
     run.log(f"micro-CLIP: shipped weights {SHIPPED_WEIGHTS}")
 
 
-def _finetune(run: StudyRun) -> None:
+def _train_one(cfg: Any) -> str:
+    """Train (or resume) one run; the line to log. Module-level so that ``--jobs`` workers can run it."""
     from grace_bench.finetune.trainer import train
 
-    todo = [e for e in run.entries() if e.spec.trains]
-    for entry in tqdm(todo, desc="fine-tune", unit="run", disable=not run.progress):
+    t0 = time.perf_counter()
+    result = train(cfg)
+    acc = "n/a" if result.val_acc is None else f"{result.val_acc:.3f}"
+    return f"  {Path(cfg.out).name}: {result.step} steps in {time.perf_counter() - t0:.0f} s, val acc {acc}"
+
+
+def _finetune(run: StudyRun) -> None:
+    todo = []
+    for entry in run.entries():
         out = entry.run_dir
-        if (out / "model.safetensors").is_file():
+        if not entry.spec.trains or (out / "model.safetensors").is_file():
             continue
         cfg = finetune_config(run.recipe, entry.spec, entry.seed, out, progress=False, device=run.device)
         cfg.resume = (out / "config.json").is_file()
-        t0 = time.perf_counter()
-        result = train(cfg)
-        acc = "n/a" if result.val_acc is None else f"{result.val_acc:.3f}"
-        run.log(f"  {out.name}: {result.step} steps in {time.perf_counter() - t0:.0f} s, val acc {acc}")
+        todo.append(cfg)
+    jobs = run.jobs if run.device_is_cpu() else 1  # one accelerator: one run at a time
+    for line in tqdm(run_jobs(_train_one, todo, jobs), total=len(todo), desc="fine-tune", unit="run",
+                     disable=not run.progress):
+        run.log(line)
 
 
 def _wise(run: StudyRun) -> None:
@@ -130,12 +140,15 @@ def _evaluate(run: StudyRun) -> None:
 
     recipe = run.recipe
     workers = get_suite(recipe.suite).loader_workers
-    for entry in tqdm(run.entries(), desc="evaluate", unit="ckpt", disable=not run.progress):
-        cfg = EvalConfig(checkpoint=entry.checkpoint, suite=recipe.suite, data_root=_path(recipe.data_root),
-                         attack=recipe.attack, eps=recipe.eps, n_adv=recipe.n_adv, limit=recipe.eval_limit,
-                         out=run.results_dir, device=run.device, label=entry.label, progress=False,
-                         workers=workers)
-        run_eval(cfg)
+    configs = [EvalConfig(checkpoint=entry.checkpoint, suite=recipe.suite, data_root=_path(recipe.data_root),
+                          attack=recipe.attack, eps=recipe.eps, n_adv=recipe.n_adv, limit=recipe.eval_limit,
+                          out=run.results_dir, device=run.device, label=entry.label, progress=False,
+                          workers=workers)
+               for entry in run.entries()]
+    jobs = run.jobs if run.device_is_cpu() else 1
+    for _ in tqdm(run_jobs(run_eval, configs, jobs), total=len(configs), desc="evaluate", unit="ckpt",
+                  disable=not run.progress):
+        pass
 
 
 def geometry_entries(run: StudyRun) -> list[Entry]:
@@ -146,32 +159,45 @@ def geometry_entries(run: StudyRun) -> list[Entry]:
 
 
 def _geometry(run: StudyRun) -> None:
-    """Every geometry job of the recipe through the library (``geometry.compute``: finished files are skipped)."""
-    from grace_bench.geometry.api import compute
+    """Every geometry job of the recipe through the library (``geometry.compute``: finished files are skipped);
+    one checkpoint per job, ``run.jobs`` checkpoints at once."""
     from grace_bench.geometry.config import from_dict
     from grace_bench.geometry.registry import get_kind
-    from grace_bench.models.checkpoints import load_checkpoint
-    from grace_bench.runtime import resolve_device
 
-    device = resolve_device(run.device)
     configs = {}
     for kind, settings in run.recipe.geometry.items():
         cls = get_kind(kind).config
         data = {"suite": run.recipe.suite, "data_root": run.recipe.data_root} if cls.NEEDS_DATA else {}
         configs[kind] = from_dict(cls, {**data, **settings}, where=f"study geometry '{kind}'")
         configs[kind].validate()
-    jobs = [(kind, e) for e in geometry_entries(run) for kind in configs
-            if not (kind == "weights" and e.label == ZERO_SHOT)]
+    jobs = []
+    for entry in geometry_entries(run):
+        kinds = [(kind, cfg) for kind, cfg in configs.items() if not (kind == "weights" and entry.label == ZERO_SHOT)]
+        if kinds:
+            jobs.append((entry.checkpoint, entry.label, kinds, run.recipe.base, run.geometry_dir, run.device))
+    n = sum(len(j[2]) for j in jobs)
+    with tqdm(total=n, desc="geometry", unit="job", disable=not run.progress) as bar:
+        for done in run_jobs(_geometry_one, jobs, run.jobs if run.device_is_cpu() else 1):
+            bar.update(done)
+
+
+def _geometry_one(job: tuple[str, str, list[tuple[str, Any]], str, Path, str]) -> int:
+    """Every geometry kind of one checkpoint (module-level: ``--jobs`` workers run it); returns the kinds done."""
+    from grace_bench.geometry.api import compute
+    from grace_bench.models.checkpoints import load_checkpoint
+    from grace_bench.runtime import resolve_device
+
+    checkpoint, label, kinds, base_spec, out, device_name = job
+    device = resolve_device(device_name)
+    model = load_checkpoint(checkpoint, device=device)
     base = None
-    current: tuple[str, Any] | None = None  # (spec, model): one checkpoint in memory at a time
-    for kind, entry in tqdm(jobs, desc="geometry", unit="job", disable=not run.progress):
-        if current is None or current[0] != entry.checkpoint:
-            current = (entry.checkpoint, load_checkpoint(entry.checkpoint, device=device))
+    for kind, cfg in kinds:
         ref = None
-        if configs[kind].ref_use() != "never":
-            base = base or load_checkpoint(run.recipe.base, device=device)
+        if cfg.ref_use() != "never":
+            base = base or load_checkpoint(base_spec, device=device)
             ref = base
-        compute(kind, current[1], configs[kind], run.geometry_dir, ref=ref, label=entry.label)
+        compute(kind, model, cfg, out, ref=ref, label=label)
+    return len(kinds)
 
 
 def _path(value: str | None) -> Path | None:

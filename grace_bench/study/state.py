@@ -22,6 +22,7 @@ class StudyRun:
     device: str = "auto"
     progress: bool = True
     command: str = ""
+    jobs: int = 1  # fine-tuning runs and evaluations at once (worker processes); numbers do not depend on it
     timings: dict[str, float] = field(default_factory=dict)
     log: Callable[[str], None] = print
 
@@ -35,6 +36,12 @@ class StudyRun:
 
     def entries(self) -> list[Entry]:
         return entries(self.recipe, self.work)
+
+    def device_is_cpu(self) -> bool:
+        """True for a single CPU process, where ``jobs`` worker processes may share the cores."""
+        from grace_bench.runtime import read_launch, resolve_device
+
+        return not read_launch().distributed and resolve_device(self.device).type == "cpu"
 
 
 def total_times(work: Path) -> dict[str, float]:
