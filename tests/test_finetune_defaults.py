@@ -120,3 +120,26 @@ def test_markdown_tables_still_render():
     suites = suite_defaults_markdown()
     assert f"| micro | lr (ft) | {load_tuned_lr()['ft']!r} | {MICRO_LR_SOURCE} |" in suites
     assert "| micro | eps | '4/255' |" in suites and "| imagenet | (all) | method paper defaults |" in suites
+
+
+def test_tuned_knobs_of_a_method_fill_its_unset_settings(tmp_path, monkeypatch):
+    """``finetune --suite micro --method grace`` trains at the knobs chosen with its lr, not at the spec defaults."""
+    import grace_bench.finetune.resolve as resolve
+
+    path = tmp_path / "tuning.json"
+    path.write_text(json.dumps({"budget": {"steps": 60}, "selected": {
+        "grace": {"lr": 3e-3, "method_args": {"lambda_gv": 0.01, "awp_rho": 0.02}},
+        "grace-default": {"lr": 1e-2, "method_args": {}}, "tecoa": {"lr": 1e-3}}}))
+    suite = from_tuning_file("micro", path)
+    assert suite.knobs_for("grace", lora=True, lora_by_default=True) == {"lambda_gv": 0.01, "awp_rho": 0.02}
+    assert suite.knobs_for("grace", lora=False, lora_by_default=True) == {}  # grace-full was never tuned
+    monkeypatch.setattr(resolve, "_suite_training_defaults", lambda name: suite)
+    grace = resolve_config(FinetuneConfig(method="grace"))
+    assert (grace.lr, grace.method_args["lambda_gv"], grace.method_args["awp_rho"]) == (3e-3, 0.01, 0.02)
+    assert grace.sources["method_args.lambda_gv"] == suite.lr_source
+    assert "lambda_lar" not in grace.method_args  # not tuned: the method's default applies
+    explicit = resolve_config(FinetuneConfig(method="grace", method_args={"lambda_gv": 1.0}))
+    assert explicit.method_args["lambda_gv"] == 1.0 and explicit.method_args["awp_rho"] == 0.02
+    path.write_text(json.dumps({"selected": {"grace": {"lr": 1e-3, "method_args": [1]}}}))
+    with pytest.raises(UserError, match="selected.grace.method_args must be an object"):
+        from_tuning_file("micro", path)

@@ -17,7 +17,7 @@ from typing import Any
 from grace_bench.errors import UserError
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-# the equal-budget tuning (lr and knobs) once shipped, else the first lr-only sweep; only budget and lr are read here
+# the equal-budget tuning (lr and knobs) once shipped, else the first lr-only sweep
 MICRO_TUNING_FILE = next((p for p in (PACKAGE_ROOT / "study" / "micro_tuning.json",
                                       PACKAGE_ROOT / "study" / "micro_lr.json") if p.is_file()),
                          PACKAGE_ROOT / "study" / "micro_lr.json")
@@ -38,6 +38,7 @@ class TrainingDefaults:
       others: full fine-tuning), ``NAME-lora`` for a LoRA run of a full-fine-tuning method and
       ``NAME-full`` for a full run of a LoRA method.
     * ``method_args``: method settings, applied to every method that has them (e.g. the threat model).
+    * ``knobs``: a method's own tuned settings (GRACE's λ_GV, λ_LAR, ρ; PMG-AFT's α, β ...), keyed like ``lr``.
     * ``source`` / ``lr_source``: recorded in ``config.json`` for each default taken from here.
     """
 
@@ -46,14 +47,21 @@ class TrainingDefaults:
     trainer: Mapping[str, Any] = field(default_factory=dict)
     lr: Mapping[str, float] = field(default_factory=dict)
     method_args: Mapping[str, Any] = field(default_factory=dict)
+    knobs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def lr_for(self, method: str, *, lora: bool, lora_by_default: bool) -> float | None:
         """The suite's learning rate for ``method`` (LoRA on or off), or None when it has none."""
-        if lora == lora_by_default:
-            key = method
-        else:
-            key = f"{method}-lora" if lora else f"{method}-full"
-        return self.lr.get(key)
+        return self.lr.get(_key(method, lora=lora, lora_by_default=lora_by_default))
+
+    def knobs_for(self, method: str, *, lora: bool, lora_by_default: bool) -> Mapping[str, Any]:
+        """The suite's tuned method settings for ``method`` (LoRA on or off); empty when it has none."""
+        return self.knobs.get(_key(method, lora=lora, lora_by_default=lora_by_default), {})
+
+
+def _key(method: str, *, lora: bool, lora_by_default: bool) -> str:
+    if lora == lora_by_default:
+        return method
+    return f"{method}-lora" if lora else f"{method}-full"
 
 
 def display_path(path: Path) -> str:
@@ -65,7 +73,8 @@ def display_path(path: Path) -> str:
 
 
 def from_tuning_file(suite: str, path: Path = MICRO_TUNING_FILE) -> TrainingDefaults:
-    """Training defaults from a ``compare --tune`` file: its ``budget`` and its ``selected`` learning rates."""
+    """Training defaults from a ``compare --tune`` file: its ``budget`` and its ``selected`` learning rates and
+    method settings (``method_args`` of each selected trial)."""
     shown = display_path(path)
     fix = "restore it from the repository or rerun `grace-bench compare --tune`"
     try:
@@ -86,15 +95,22 @@ def from_tuning_file(suite: str, path: Path = MICRO_TUNING_FILE) -> TrainingDefa
             where, name = _BUDGET_KEYS[key]
             (trainer if where == "trainer" else method_args)[name] = value
     lr: dict[str, float] = {}
+    knobs: dict[str, dict[str, Any]] = {}
     for label, choice in data.get("selected", {}).items():
         value = choice.get("lr") if isinstance(choice, dict) else None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise UserError(f"suite '{suite}' training defaults: {shown} selected.{label}.lr must be a positive "
                             f"number, got {value!r}; {fix}")
         lr[str(label)] = float(value)
+        args = choice.get("method_args", {})
+        if not isinstance(args, dict):
+            raise UserError(f"suite '{suite}' training defaults: {shown} selected.{label}.method_args must be an "
+                            f"object, got {type(args).__name__}; {fix}")
+        if args:
+            knobs[str(label)] = dict(args)
     return TrainingDefaults(source=f"suite {suite} default ({shown}, study budget)",
                             lr_source=f"suite {suite} default ({shown}, tuned on val)",
-                            trainer=trainer, lr=lr, method_args=method_args)
+                            trainer=trainer, lr=lr, method_args=method_args, knobs=knobs)
 
 
 def _first_line(exc: Exception) -> str:

@@ -72,6 +72,12 @@ def resolve_config(cfg: FinetuneConfig, method_cls: type | None = None) -> Finet
             if key in method_defaults and key not in cfg.method_args:
                 cfg.method_args[key] = value
                 cfg.sources[f"method_args.{key}"] = suite.source
+        default_rank = paper["lora_rank"].value if "lora_rank" in paper else FALLBACK["lora_rank"]
+        tuned = suite.knobs_for(cfg.method, lora=int(cfg.lora_rank) > 0, lora_by_default=int(default_rank) > 0)
+        for key, value in tuned.items():  # the method's own knobs, tuned on val together with its lr
+            if key in method_defaults and key not in cfg.method_args:
+                cfg.method_args[key] = value
+                cfg.sources[f"method_args.{key}"] = suite.lr_source
     method_cls.resolve_hparams(cfg.method_args)  # raises UserError naming a bad method_args key
     for key, hyper in method_defaults.items():
         cfg.sources.setdefault(f"method_args.{key}", f"{method_source} ({hyper.source})")
