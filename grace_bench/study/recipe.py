@@ -120,6 +120,8 @@ class StudyRecipe:
     # geometry on the first seed of every main method: kind -> settings of its config class; each kind's
     # module in grace_bench/geometry/diagnostics/ declares its study settings (``register(..., study=...)``)
     geometry: dict[str, dict[str, Any]] = field(default_factory=lambda: _study_geometry("micro"))
+    # geometry runs on the first N seeds of every main row, so its claims get a paired interval too (N >= 2)
+    geometry_seeds: int = 3
     quick: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,7 +136,7 @@ class StudyRecipe:
     def identity(self) -> dict[str, Any]:
         """The settings that change numbers (the method list and seeds may grow between runs)."""
         d = self.to_dict()
-        for key in ("methods", "seeds", "data_root", "wise_curve", "geometry"):
+        for key in ("methods", "seeds", "data_root", "wise_curve", "geometry", "geometry_seeds"):
             d.pop(key)
         if not d["knobs"]:  # a study from before knob tuning resumes unchanged
             d.pop("knobs")
@@ -229,6 +231,7 @@ def study_recipe(suite: str = "micro", *, quick: bool = False, methods: list[str
             recipe.n_adv, recipe.eval_limit = 32, 128
             recipe.wise_curve = [0.5]
             recipe.geometry = _study_geometry("quick")
+            recipe.geometry_seeds = 1
             recipe.quick = True
     else:
         recipe = StudyRecipe(suite=suite, base=base or suite_spec.default_checkpoint or "ViT-B-32:openai",

@@ -152,10 +152,11 @@ def _evaluate(run: StudyRun) -> None:
 
 
 def geometry_entries(run: StudyRun) -> list[Entry]:
-    """The checkpoints that get geometry: the first seed of every main-group row (not the extra WiSE α's)."""
-    first = run.recipe.seeds[0]
+    """The checkpoints that get geometry: the first ``recipe.geometry_seeds`` seeds of every main-group row (not
+    the extra WiSE α's; zero-shot once)."""
+    seeds = set(run.recipe.seeds[:max(1, run.recipe.geometry_seeds)])
     return [e for e in run.entries()
-            if e.spec.group == "main" and e.seed == first and (e.alpha is None or e.label == WISE)]
+            if e.spec.group == "main" and e.seed in seeds and (e.alpha is None or e.label == WISE)]
 
 
 def _geometry(run: StudyRun) -> None:
