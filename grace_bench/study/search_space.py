@@ -77,7 +77,12 @@ KNOBS: dict[str, tuple[Knob, ...]] = {
         Knob("label_mask", "FLYP treats same-class pairs as negatives; masking them is the one variant the module "
              "offers", choices=(False, True)),
     ),
-    # FT: lr only (no knob of its own); TeCoA, FARE: lr only, their threat model is the protocol's.
+    "laat": (
+        Knob("beta", "LAAT's code weighs its clean/adv cosine term by 1 (TRADES-cos); a factor 5 either side, like "
+             "the other methods' loss weights", 0.2, 5.0),
+    ),
+    # FT: lr only (no knob of its own); TeCoA, FARE: lr only, their threat model is the protocol's; Sim-CLIP,
+    # AdvCLIP-LoRA: lr only, their losses have no weight to tune (ε and the ascent steps are the threat model).
 }
 
 
