@@ -35,6 +35,8 @@ METHOD_STYLE: dict[str, tuple[int, str]] = {
     "grace": (3, "*"),
     "lora-ft": (8, "h"),
     "lora-tecoa": (1, "p"),
+    "tga-zsr": (4, "<"),
+    "agft": (5, ">"),
 }
 METHOD_ORDER = tuple(METHOD_STYLE)
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "h", "p", "<", ">")

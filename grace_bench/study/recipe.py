@@ -26,7 +26,7 @@ class MethodSpec:
 
     label: str
     method: str  # trainer method name; "" for the zero-shot model, "wise" for WiSE-FT
-    group: str  # main | lora | ablation
+    group: str  # main | recent (2024-26 baselines) | lora | ablation
     description: str
     lora_rank: int | None = None  # None: the method's default (GRACE: 64); 0: full fine-tuning
     method_args: tuple[tuple[str, Any], ...] = ()
@@ -51,6 +51,10 @@ CATALOGUE: tuple[MethodSpec, ...] = (
                adversarial=True),
     MethodSpec("grace", "grace", "main", "LoRA + LAR-AWP with curvature curriculum + Gram-volume loss",
                adversarial=True),
+    MethodSpec("tga-zsr", "tga-zsr", "recent", "TeCoA + text-guided attention-map alignment to the frozen model",
+               lora_rank=0, adversarial=True, all_seeds=True),
+    MethodSpec("agft", "agft", "recent", "soft CE of adversarial predictions to the frozen model's tempered ones",
+               lora_rank=0, adversarial=True, all_seeds=True),
     MethodSpec("ft-lora", "ft", "lora", "FT with LoRA rank 64 (Table 7)", lora_rank=64, all_seeds=False),
     MethodSpec("tecoa-lora", "tecoa", "lora", "TeCoA with LoRA rank 64 (Table 7)", lora_rank=64, adversarial=True,
                all_seeds=False),

@@ -155,7 +155,7 @@ def draw_figures(run: StudyRun, stats: dict[str, dict[str, Any]], records: list[
     written: list[Path] = []
     points = {label: {"id": row["mean"]["id"], "ood": row["mean"]["ood_avg"], "adv": row["mean"]["adv"]}
               for label, row in stats.items()
-              if row["group"] in ("main", "lora") and not label.startswith(f"{WISE} α")
+              if row["group"] in ("main", "recent", "lora") and not label.startswith(f"{WISE} α")
               and None not in (row["mean"]["id"], row["mean"]["ood_avg"], row["mean"]["adv"])}
     if points:
         plot_tradeoff(points, protocol=protocol, title="ID / OOD / Adv trade-off (mean over seeds)",
@@ -234,7 +234,7 @@ def write_report(run: StudyRun) -> dict[str, Any]:
         "",
         "## Main comparison (Table 6 style)",
         "",
-        markdown_table(stats, ("main",), datasets),
+        markdown_table(stats, ("main", "recent"), datasets),
     ]
     if any(s["group"] == "lora" for s in stats.values()):
         md += ["", "## LoRA variants (Table 7 style)", "", markdown_table(stats, ("lora",), datasets)]
