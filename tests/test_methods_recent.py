@@ -103,6 +103,22 @@ def test_training_attack_leaves_no_parameter_gradients(tmp_path, method):
     assert all(p.grad is None for n, p in ctx.model.named_parameters() if not n.startswith("visual."))
 
 
+@pytest.mark.parametrize("method, lora", [("tga-zsr", 4), ("agft", 4), ("comp-tga", 0)])
+def test_trains_only_the_vision_tower_with_and_without_lora(tmp_path, method, lora):
+    from grace_bench.finetune import checkpointing as ckpt
+    from grace_bench.finetune.methods.base import tower_of
+
+    from .test_trainer import run
+
+    res = run(cfg_for(tmp_path, method=method, lora_rank=lora, max_steps=2, lr=1e-2,
+                      method_args={"pgd_steps": 1}))
+    start, end = fresh_clip().model.state_dict(), ckpt.load_tensors(res.run_dir / "model.safetensors")
+    assert {tower_of(k) for k in start if not torch.equal(start[k], end[k])} == {"vision"}
+    if lora:
+        adapters = ckpt.load_tensors(res.last_checkpoint / "adapters.safetensors")
+        assert adapters and all(k.startswith("visual.") and ".lora_" in k for k in adapters)
+
+
 def test_soft_cross_entropy_is_kl_plus_entropy_by_hand():
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
     p = torch.tensor([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]])
