@@ -145,6 +145,7 @@ def test_agft_loss_matches_its_formula(tmp_path, monkeypatch, relative):
         ref = -(p0 * log_q).sum(dim=1).mean()
     torch.testing.assert_close(loss.detach(), ref, rtol=1e-5, atol=1e-6)
     assert ctx.model.logit_scale.requires_grad is False  # the scale lives in the loss, not in the model
+    assert tr.method.config_record()["agft_effective_scale"] == pytest.approx(s)
 
 
 def test_agft_is_the_teacher_entropy_when_nothing_changes(tmp_path, monkeypatch):

@@ -11,6 +11,8 @@ the method's sharpening ratio on models with another scale (micro-CLIP: 14.2). O
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from grace_bench.finetune.methods.base import Batch, Hyper, Method, TrainContext
@@ -50,15 +52,23 @@ class AGFT(Method):
         "warmup_steps": Hyper(1000, AGFT_CODE + " main.py (--warmup_t 1000), train.py L187-189 (timm cosine)"),
     }
 
+    scale: float | None = None  # s actually used (set by setup)
+
     def setup(self, ctx: TrainContext) -> None:
         self.scale = float(self.hparams["agft_scale"])
         if self.hparams["agft_relative_scale"]:  # logit_scale is frozen: read it once, no host sync per step
             self.scale *= float(ctx.model.logit_scale.detach().exp()) / CLIP_LOGIT_SCALE
 
+    def config_record(self) -> dict[str, Any]:
+        """The base record plus the effective s (after ``agft_relative_scale``) for config.json."""
+        return {**super().config_record(), "agft_effective_scale": self.scale}
+
     def loss(self, ctx: TrainContext, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, _ = batch
         assert ctx.frozen is not None
-        s, kappa = self.scale, float(self.hparams["agft_kappa"])
+        if self.scale is None:
+            self.setup(ctx)
+        s, kappa = float(self.scale), float(self.hparams["agft_kappa"])
         head = ctx.classifier.head
         with torch.no_grad():
             teacher = torch.softmax(kappa * s * (ctx.frozen.image_features(x).float() @ head), dim=1)

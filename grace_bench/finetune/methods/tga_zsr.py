@@ -52,8 +52,11 @@ class TGAZSR(Method):
         "warmup_steps": Hyper(1000, TGA_CODE + " utils.py L36-50 (1000 linear warmup steps, then cosine)"),
     }
 
+    _not_head: torch.Tensor | None = None  # Comp-TGA: class embeddings of NOT_TEMPLATE (text tower is frozen)
+
     def setup(self, ctx: TrainContext) -> None:
-        self._not_head = ctx.build_head([NOT_TEMPLATE]) if self.complement else None
+        if self.complement:
+            self._not_head = ctx.build_head([NOT_TEMPLATE])
 
     def attention(self, ctx: TrainContext, tokens: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The method's map of each image for its true class (Comp-TGA: times the complement of the 'not' map)."""
@@ -62,7 +65,10 @@ class TGAZSR(Method):
         axis = str(self.hparams["tga_norm_axis"])
         text = ctx.classifier.head[:, y].T
         maps = text_attention_map(tokens, text, grid, size, norm_axis=axis)
-        if self._not_head is not None:
+        if self.complement:
+            if self._not_head is None:
+                self.setup(ctx)
+            assert self._not_head is not None
             maps = maps * (1 - text_attention_map(tokens, self._not_head[:, y].T, grid, size, norm_axis=axis))
         return maps
 
