@@ -119,6 +119,17 @@ def test_trains_only_the_vision_tower_with_and_without_lora(tmp_path, method, lo
         assert adapters and all(k.startswith("visual.") and ".lora_" in k for k in adapters)
 
 
+def test_a_bad_norm_axis_is_refused_before_the_run_folder_is_written(tmp_path):
+    from grace_bench.errors import UserError
+
+    with pytest.raises(UserError, match="tga_norm_axis .*--tga-norm-axis token"):
+        _trainer(tmp_path, "tga-zsr", method_args={"tga_norm_axis": "tokens"})
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(UserError, match="agft_kappa must be a positive number"):
+        _trainer(tmp_path, "agft", method_args={"agft_kappa": "nan"})
+    assert not (tmp_path / "run").exists()
+
+
 def test_soft_cross_entropy_is_kl_plus_entropy_by_hand():
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
     p = torch.tensor([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]])

@@ -11,10 +11,12 @@ the method's sharpening ratio on models with another scale (micro-CLIP: 14.2). O
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
+from grace_bench.errors import UserError
 from grace_bench.finetune.methods.base import Batch, Hyper, Method, TrainContext
 from grace_bench.finetune.methods.tecoa import FARE_ADAMW
 
@@ -53,6 +55,16 @@ class AGFT(Method):
     }
 
     scale: float | None = None  # s actually used (set by setup)
+
+    @classmethod
+    def resolve_hparams(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The base resolution plus a check that s and kappa are positive numbers."""
+        out = super().resolve_hparams(overrides)
+        for key in ("agft_scale", "agft_kappa"):
+            if not math.isfinite(float(out[key])) or float(out[key]) <= 0:
+                raise UserError(f"method_args.{key} must be a positive number, got {out[key]!r}; "
+                                f"pass --{key.replace('_', '-')} {cls.defaults[key].value}")
+        return out
 
     def setup(self, ctx: TrainContext) -> None:
         self.scale = float(self.hparams["agft_scale"])

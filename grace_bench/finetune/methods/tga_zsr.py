@@ -17,9 +17,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from grace_bench.errors import UserError
 from grace_bench.finetune.methods.base import Batch, Hyper, Method, TrainContext
 from grace_bench.finetune.methods.tecoa import FARE_ADAMW
-from grace_bench.models.attention_maps import encode_with_tokens, map_distance, patch_grid, text_attention_map
+from grace_bench.models.attention_maps import (
+    NORM_AXES,
+    encode_with_tokens,
+    map_distance,
+    patch_grid,
+    text_attention_map,
+)
 
 TGA = ("Yu et al., Text-Guided Attention is All You Need for Zero-Shot Robustness in Vision-Language Models "
        "(TGA-ZSR), NeurIPS 2024")
@@ -51,6 +58,15 @@ class TGAZSR(Method):
         "epochs": Hyper(10.0, TGA_CODE + " TGA-ZSR.py L34-42 (--epochs 10)"),
         "warmup_steps": Hyper(1000, TGA_CODE + " utils.py L36-50 (1000 linear warmup steps, then cosine)"),
     }
+
+    @classmethod
+    def resolve_hparams(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The base resolution plus a check of ``tga_norm_axis`` (before any run folder is written)."""
+        out = super().resolve_hparams(overrides)
+        if out["tga_norm_axis"] not in NORM_AXES:
+            raise UserError(f"method_args.tga_norm_axis must be one of {', '.join(NORM_AXES)}, got "
+                            f"{out['tga_norm_axis']!r}; pass --tga-norm-axis token (official) or feature")
+        return out
 
     _not_head: torch.Tensor | None = None  # Comp-TGA: class embeddings of NOT_TEMPLATE (text tower is frozen)
 
