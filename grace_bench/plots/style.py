@@ -38,6 +38,8 @@ METHOD_STYLE: dict[str, tuple[int, str]] = {
     "laat": (4, "d"),  # TeCoA's colour: adversarial CE against a text head
     "lora-ft": (8, "h"),
     "lora-tecoa": (1, "p"),
+    "tga-zsr": (4, "<"),
+    "agft": (5, ">"),
 }
 METHOD_ORDER = tuple(METHOD_STYLE)
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "h", "p", "<", ">")

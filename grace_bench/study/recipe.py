@@ -29,7 +29,7 @@ class MethodSpec:
 
     label: str
     method: str  # trainer method name; "" for the zero-shot model, "wise" for WiSE-FT
-    group: str  # main | lora | ablation | recent
+    group: str  # main | recent (2024-26 baselines) | lora | ablation
     description: str
     lora_rank: int | None = None  # None: the method's default (GRACE: 64); 0: full fine-tuning
     method_args: tuple[tuple[str, Any], ...] = ()
@@ -61,6 +61,10 @@ CATALOGUE: tuple[MethodSpec, ...] = (
     MethodSpec("advclip-lora", "advclip-lora", "recent", "AdvCLIP-LoRA: LoRA r=2 on q/k/v of both towers, CE on a "
                "universal perturbation", lora_rank=2, adversarial=True, all_seeds=True),
     MethodSpec("laat", "laat", "recent", "LAAT (CLIP adaptation): CE to expanded text anchors + clean/adv cosine",
+               lora_rank=0, adversarial=True, all_seeds=True),
+    MethodSpec("tga-zsr", "tga-zsr", "recent", "TeCoA + text-guided attention-map alignment to the frozen model",
+               lora_rank=0, adversarial=True, all_seeds=True),
+    MethodSpec("agft", "agft", "recent", "soft CE of adversarial predictions to the frozen model's tempered ones",
                lora_rank=0, adversarial=True, all_seeds=True),
     MethodSpec("ft-lora", "ft", "lora", "FT with LoRA rank 64 (Table 7)", lora_rank=64, all_seeds=False),
     MethodSpec("tecoa-lora", "tecoa", "lora", "TeCoA with LoRA rank 64 (Table 7)", lora_rank=64, adversarial=True,

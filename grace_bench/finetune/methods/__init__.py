@@ -19,6 +19,9 @@ METHODS: Registry[type[Method]] = Registry("method", {
     "sim-clip": "grace_bench.finetune.methods.simclip:SimCLIP",
     "advclip-lora": "grace_bench.finetune.methods.advclip_lora:AdvCLIPLoRA",
     "laat": "grace_bench.finetune.methods.laat:LAAT",
+    "tga-zsr": "grace_bench.finetune.methods.tga_zsr:TGAZSR",
+    "comp-tga": "grace_bench.finetune.methods.tga_zsr:CompTGA",
+    "agft": "grace_bench.finetune.methods.agft:AGFT",
 })
 
 
@@ -52,13 +55,16 @@ def defaults_markdown() -> str:
             continue
         cls = get_method(name)
         for key, hyper in {**cls.trainer_defaults, **cls.defaults}.items():
-            rows.append(f"| {name} | {key} | {_show(hyper.value)} | {hyper.source} |")
+            rows.append(f"| {name} | {key} | {_show(key, hyper.value)} | {hyper.source} |")
     return "\n".join(rows)
 
 
-def _show(value: object) -> str:
+PIXEL_KEYS = ("eps", "step_size")  # settings in pixel units, shown as k/255
+
+
+def _show(key: str, value: object) -> str:
     from grace_bench.attacks.threat import format_eps
 
-    if isinstance(value, float) and 0 < value < 1:
+    if isinstance(value, float) and 0 < value < 1 and key.endswith(PIXEL_KEYS):
         return format_eps(value)  # 4/255 for a multiple of 1/255, else repr
     return repr(value)
