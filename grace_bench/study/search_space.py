@@ -77,6 +77,15 @@ KNOBS: dict[str, tuple[Knob, ...]] = {
         Knob("label_mask", "FLYP treats same-class pairs as negatives; masking them is the one variant the module "
              "offers", choices=(False, True)),
     ),
+    "tga-zsr": (
+        Knob("alpha", "TGA-ZSR's code weighs the adversarial attention term by 0.08; a factor 5 either side, like "
+             "the other methods' loss weights", 0.016, 0.4),
+        Knob("beta", "TGA-ZSR's code weighs the clean attention term by 0.05; a factor 5 either side", 0.01, 0.25),
+    ),
+    "agft": (
+        Knob("agft_kappa", "AGFT's teacher temperature ratio: 0.4 in its README, 1 in its main.py; 0.1..1 spans both "
+             "and softer teachers", 0.1, 1.0),
+    ),
     "laat": (
         Knob("beta", "LAAT's code weighs its clean/adv cosine term by 1 (TRADES-cos); a factor 5 either side, like "
              "the other methods' loss weights", 0.2, 5.0),
