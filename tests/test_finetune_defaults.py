@@ -8,15 +8,16 @@ import json
 import pytest
 
 from grace_bench.data.suites import get_suite
-from grace_bench.data.training_defaults import MICRO_TUNING_FILE, TrainingDefaults, from_tuning_file
+from grace_bench.data.training_defaults import MICRO_TUNING_FILE, TrainingDefaults, display_path, from_tuning_file
 from grace_bench.errors import UserError
 from grace_bench.finetune.config import FinetuneConfig
 from grace_bench.finetune.methods import defaults_markdown, get_method
 from grace_bench.finetune.resolve import resolve_config
 from grace_bench.study.recipe import StudyRecipe, load_tuned_lr, study_recipe
 
-MICRO_LR_SOURCE = "suite micro default (grace_bench/study/micro_lr.json, tuned on val)"
-MICRO_BUDGET_SOURCE = "suite micro default (grace_bench/study/micro_lr.json, study budget)"
+SHIPPED = display_path(MICRO_TUNING_FILE)  # grace_bench/study/micro_tuning.json (else the older micro_lr.json)
+MICRO_LR_SOURCE = f"suite micro default ({SHIPPED}, tuned on val)"
+MICRO_BUDGET_SOURCE = f"suite micro default ({SHIPPED}, study budget)"
 
 
 def _parse(argv: list[str]):
