@@ -138,6 +138,9 @@ def plan_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> EvalPlan:
     if suite_name is None and arch is not None:
         suite_name = suite_for_arch(arch)
     suite = get_suite(suite_name) if suite_name else None
+    if suite is not None and suite.needs_root and cfg.data_root is None:
+        raise UserError(f"suite '{suite.name}' reads its datasets from disk; pass --data-root DIR (data_root), the "
+                        "folder holding them")
     defaults = (suite or get_suite(suite_for_arch("*"))).eval_defaults()  # unknown arch: any-model suite's
     preset = get_protocol(cfg.protocol or DEFAULT_PROTOCOL)
     attack = canonical_attack(cfg.attack or preset.attack or defaults["attack"])  # what runs is what is recorded

@@ -8,6 +8,7 @@ process evaluating into the same folder waits for the first and reuses its resul
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import replace
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from grace_bench.attacks.chunks import DEFAULT_CHUNK_SIZE
+from grace_bench.data.image_folders import MissingDatasetError
 from grace_bench.data.suites import DataContext, DatasetSpec
 from grace_bench.data.wds_shards import rank_share
 from grace_bench.errors import UserError
@@ -69,7 +71,7 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
 
     specs = selected_datasets(suite, cfg)
     adv_names = adversarial_names(suite, cfg) if plan.attack_kind != "none" else []
-    loaded = [(spec, ds) for spec in specs if (ds := _load_dataset(spec, ctx)) is not None]
+    loaded = load_selected(suite, specs, ctx, cfg, rank)
     adv_subsets = {spec.name: adv_subset(plan, suite, spec, ds, cfg.limit)
                    for spec, ds in loaded if spec.name in adv_names}
     current: dict[tuple, Path] = {}
@@ -157,11 +159,34 @@ def summary_location(cfg: EvalConfig, summary: dict[str, Any]) -> tuple[Path, Pa
     return store.summary_path(fp, None if family in (None, "grace") else family), store.results_dir(fp)
 
 
-def _load_dataset(spec: DatasetSpec, ctx: DataContext):
+def load_selected(suite, specs: list[DatasetSpec], ctx: DataContext, cfg: EvalConfig, rank: int = 0) -> list[tuple]:
+    """``(spec, dataset)`` of every selected dataset found; an optional one absent from the data root is skipped
+    (one notice line on stderr) unless it was named with ``datasets`` (--datasets). Any other data error (a broken
+    folder, a corrupt shard) stops the run; so does a root holding none of the selected datasets."""
+    named = set(cfg.datasets or ())
+    loaded, missing = [], []
+    for spec in specs:
+        dataset = _load_dataset(spec, ctx, required=spec.name in named)
+        if dataset is None:
+            missing.append(spec.name)
+        else:
+            loaded.append((spec, dataset))
+    if missing and not loaded:
+        raise UserError(f"none of the {len(specs)} selected datasets of suite '{suite.name}' is under "
+                        f"{cfg.data_root}; put at least one there (layouts: docs/zero-shot-data.md) or check "
+                        "data_root (--data-root)")
+    if missing and rank == 0:
+        print(f"notice: skipped {len(missing)} dataset(s) not found under {cfg.data_root}: {', '.join(missing)} "
+              "(name one with --datasets to require it)", file=sys.stderr, flush=True)
+    return loaded
+
+
+def _load_dataset(spec: DatasetSpec, ctx: DataContext, required: bool = False):
+    """``spec``'s dataset; None only for an optional, not required dataset whose folder is missing."""
     try:
         return spec.load(ctx)
-    except UserError:
-        if spec.optional:
+    except MissingDatasetError:
+        if spec.optional and not required:
             return None
         raise
 
