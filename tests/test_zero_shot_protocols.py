@@ -136,6 +136,26 @@ def test_the_leaderboard_and_the_analysis_script_average_without_imagenet(name, 
     assert tables == [t.strip() for t in printed.split("\n## ")[1:]]
 
 
+def test_datasets_run_one_at_a_time_merge_into_one_summary_of_their_own_prompts(tiny_clip, tmp_path):
+    root = make_zero_shot_root(tmp_path, "wds", ("cifar10", "pets"), prompt_files=True)
+    out = tmp_path / "out"
+    run_eval(_cfg(root, out, protocol="fare", datasets=["cifar10"], limit=2), clip=tiny_clip)
+    summary = run_eval(_cfg(root, out, protocol="fare", datasets=["pets"], limit=2), clip=tiny_clip)
+    assert set(summary["per_dataset"]) == {"cifar10", "pets"}
+    assert set(summary["zero_shot"]["4/255"]["datasets"]) == {"cifar10", "pets"}
+    # cifar10's templates file changed since its run: that result is not of its prompts any more
+    (root / "wds_vtab-cifar10" / "zeroshot_classification_templates.txt").write_text("a blurry photo of a {c}.\n")
+    summary = run_eval(_cfg(root, out, protocol="fare", datasets=["pets"], limit=2), clip=tiny_clip)
+    assert set(summary["per_dataset"]) == {"pets"}
+    # a dataset not under this run's root at all: its newest result of the protocol is kept
+    other = make_zero_shot_root(tmp_path / "b", "wds", ("pets",))
+    summary = run_eval(_cfg(other, out, protocol="fare", limit=2), clip=tiny_clip)
+    assert set(summary["per_dataset"]) == {"cifar10", "pets"}
+    used = {d: json.loads(Path(v["result_file"]).read_text())["config"] for d, v in summary["per_dataset"].items()}
+    assert used["pets"]["templates"] == text_list_hash(shipped_templates("pets"))  # this run's pets (no file)
+    assert used["cifar10"]["templates"] == text_list_hash(["a photo of a {}."])  # the first run's cifar10
+
+
 def test_absent_datasets_are_skipped_with_a_notice_naming_them(tiny_clip, tmp_path, capsys):
     root = make_zero_shot_root(tmp_path, "folders", ("cifar10", "pets"))
     summary = run_eval(_cfg(root, tmp_path / "out", protocol="tecoa", limit=2), clip=tiny_clip)

@@ -90,6 +90,9 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
                 current["adversarial", spec.name, eps] = path
                 if eps == plan.eps_list[0]:
                     current["adversarial", spec.name] = path
+    for spec in suite.datasets:  # the summary also merges earlier results of datasets not run now
+        if spec.prompts is not None and spec.name not in prompt_keys:
+            prompt_keys[spec.name] = _prompt_key_if_known(spec, ctx, cfg, plan)
     runtime.barrier()
 
     summary_path = store.summary_path(fp, _family(plan))
@@ -118,6 +121,16 @@ def dataset_prompts(spec: DatasetSpec, ctx: DataContext, cfg: EvalConfig, plan: 
     if cfg.templates_file is not None or (plan.protocol is not None and plan.protocol.preset.templates):
         temps = plan.templates
     return list(names), list(temps)
+
+
+def _prompt_key_if_known(spec: DatasetSpec, ctx: DataContext, cfg: EvalConfig, plan: EvalPlan) -> dict | None:
+    """The prompt hashes of a dataset not evaluated in this run, read from its folder if it is there; None (the
+    summary then takes its newest result of this protocol, whatever its prompts) when they cannot be read."""
+    try:
+        names, temps = dataset_prompts(spec, ctx, cfg, plan)
+    except UserError:
+        return None
+    return {"templates": text_list_hash(temps), "classnames": text_list_hash(names)}
 
 
 def _family(plan: EvalPlan) -> str | None:
