@@ -6,8 +6,8 @@
 compute (e.g. ``--attack none`` after an APGD run) the newest finished result of the same suite and prompts.
 Results of different protocols never mix: a result counts only for a summary of its own protocol family (the
 ``preset`` tag hashed into its config; none for grace), and each family has its own summary file. Runs with
-several ε add ``adversarial_by_eps``; zero-shot protocols add ``zero_shot`` (clean / robust per dataset and their
-averages, with and without ImageNet).
+several ε add ``adversarial_by_eps``; zero-shot protocols and zero-shot suites (under any protocol) add
+``zero_shot`` (clean / robust per dataset and their averages, with and without ImageNet).
 """
 
 from __future__ import annotations
@@ -114,6 +114,8 @@ def build_summary(store: ResultStore, *, fingerprint: str, suite: Any, identity:
     tags = frozenset({tag, None if base in (None, "grace") else base})
     eps_list = list((protocol.get("settings") or {}).get("eps") or [requested["eps"]])
     finished = store.finished(fingerprint)
+    # presets, ε lists and zero-shot suites (every dataset zero-shot, e.g. grace on ``zeroshot``) keep results per ε
+    per_eps = len(eps_list) > 1 or tag is not None or is_zero_shot_suite(suite)
     per_dataset: dict[str, dict] = {}
     adversarial: dict[str, dict] = {}
     by_eps: dict[str, dict[str, dict]] = {eps: {} for eps in eps_list}
@@ -126,7 +128,7 @@ def build_summary(store: ResultStore, *, fingerprint: str, suite: Any, identity:
         hit = pick(finished, current, "adversarial", spec.name, suite.name, key, tags=tags)
         if hit is not None:
             adversarial[spec.name] = adversarial_view(*hit)
-        if len(eps_list) > 1 or tag is not None:
+        if per_eps:
             for eps in eps_list:
                 hit = pick(finished, current, "adversarial", spec.name, suite.name, key, tags=tags, eps=eps)
                 if hit is not None:
@@ -144,9 +146,9 @@ def build_summary(store: ResultStore, *, fingerprint: str, suite: Any, identity:
     if identity.wise_alpha is not None:
         checkpoint["wise_alpha"] = identity.wise_alpha
     extra: dict[str, Any] = {}
-    if len(eps_list) > 1 or tag is not None:
+    if per_eps:
         extra["adversarial_by_eps"] = by_eps
-    if protocol.get("zero_shot") or tag is not None:
+    if protocol.get("zero_shot") or tag is not None or is_zero_shot_suite(suite):
         extra["zero_shot"] = zero_shot_aggregates(per_dataset, by_eps, _dataset_order(suite, protocol))
     preset_fields = {}
     if protocol:
@@ -191,6 +193,11 @@ def _tag(protocol: Mapping[str, Any]) -> str | None:
 def _family(protocol: Mapping[str, Any]) -> str:
     tag = _tag(protocol)
     return "grace" if tag is None else tag.replace(":", "-")
+
+
+def is_zero_shot_suite(suite: Any) -> bool:
+    """Whether every dataset of ``suite`` is a zero-shot one (its summary gets the papers' zero-shot table)."""
+    return bool(suite.datasets) and all(d.role == "zero-shot" for d in suite.datasets)
 
 
 def is_imagenet(name: str) -> bool:
