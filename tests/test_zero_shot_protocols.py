@@ -166,6 +166,17 @@ def test_absent_datasets_are_skipped_with_a_notice_naming_them(tiny_clip, tmp_pa
     assert "skipped 13 dataset(s)" in notice and "stl10" in skipped and "cifar10" not in skipped
 
 
+def test_forced_folders_layout_skips_the_webdataset_only_datasets_unless_named(tiny_clip, tmp_path, capsys):
+    root = make_zero_shot_root(tmp_path, "folders", ("cifar10",))
+    summary = run_eval(_cfg(root, tmp_path / "out", protocol="tecoa", limit=2, data_layout="folders"),
+                       clip=tiny_clip)
+    assert set(summary["per_dataset"]) == {"cifar10"}
+    assert "sun397" in capsys.readouterr().err  # in the notice
+    with pytest.raises(UserError, match="sun397: SUN397 is read only from CLIP_benchmark's webdataset layout"):
+        run_eval(_cfg(root, tmp_path / "out", protocol="tecoa", limit=2, data_layout="folders",
+                      datasets=["cifar10", "sun397"]), clip=tiny_clip)
+
+
 def test_a_dataset_named_with_datasets_must_be_there(tiny_clip, tmp_path):
     root = make_zero_shot_root(tmp_path, "folders", ("cifar10",))
     with pytest.raises(UserError, match=r"^pets: not found under .*oxford-iiit-pet") as err:
