@@ -199,17 +199,37 @@ def test_the_zeroshot_suite_needs_a_data_root_before_any_work(tmp_path):
         plan_eval(EvalConfig(checkpoint="micro", suite="zeroshot", out=tmp_path / "out"))
 
 
+def _tiny_weights(clip, tmp_path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in clip.model.state_dict().items()}, str(weights))
+    return weights
+
+
+def test_the_cli_runs_a_preset_on_the_zeroshot_suite(tiny_clip, tmp_path, capsys):
+    from grace_bench.cli import main
+
+    root = make_zero_shot_root(tmp_path, "folders", ("cifar10", "eurosat"))
+    capsys.readouterr()
+    code = main(["eval", f"tiny-clip:{_tiny_weights(tiny_clip, tmp_path)}", "--suite", "zeroshot", "--data-root",
+                 str(root), "--protocol", "fare", "--limit", "2", "--workers", "0", "--out", str(tmp_path / "out"),
+                 "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "protocol: fare" in out and "-fare.json" in out
+    assert "zero-shot average at eps 2/255" in out and "zero-shot average at eps 4/255" in out
+    assert "notice: skipped 10 dataset(s)" in err  # fare's 12 zero-shot datasets, 2 of them here
+    assert len(_records(tmp_path / "out", "adversarial")) == 4
+
+
 @pytest.mark.parametrize("layout, victim", [("folders", "oxford-iiit-pet/annotations/test.txt"),
                                             ("wds", "wds_vtab-pets/test/nshards.txt")])
 def test_a_broken_dataset_folder_is_a_one_line_error_not_a_skip(layout, victim, tiny_clip, tmp_path, capsys):
-    from safetensors.torch import save_file
-
     from grace_bench.cli import main
 
     root = make_zero_shot_root(tmp_path, layout, ("cifar10", "pets"))
     (root / victim).unlink()
-    weights = tmp_path / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in tiny_clip.model.state_dict().items()}, str(weights))
+    weights = _tiny_weights(tiny_clip, tmp_path)
     capsys.readouterr()
     code = main(["eval", f"tiny-clip:{weights}", "--suite", "zeroshot", "--data-root", str(root), "--protocol",
                  "tecoa", "--limit", "2", "--workers", "0", "--out", str(tmp_path / "out"), "--no-progress"])
