@@ -192,11 +192,16 @@ def test_a_root_without_any_selected_dataset_is_an_error(tiny_clip, tmp_path):
         run_eval(_cfg(tmp_path / "empty", tmp_path / "out", protocol="tecoa"), clip=tiny_clip)
 
 
-def test_the_zeroshot_suite_needs_a_data_root_before_any_work(tmp_path):
+def test_the_zeroshot_suite_needs_a_data_root_and_per_dataset_class_names_before_any_work(tmp_path):
     from grace_bench.eval.plan import plan_eval
 
     with pytest.raises(UserError, match=r"suite 'zeroshot' reads its datasets from disk; pass --data-root"):
         plan_eval(EvalConfig(checkpoint="micro", suite="zeroshot", out=tmp_path / "out"))
+    names = tmp_path / "names.txt"
+    names.write_text("a\nb\n")
+    with pytest.raises(UserError, match=r"takes class names per dataset.*classnames.txt in each dataset's folder"):
+        plan_eval(EvalConfig(checkpoint="micro", suite="zeroshot", data_root=tmp_path, classnames_file=names,
+                             out=tmp_path / "out"))
 
 
 def _tiny_weights(clip, tmp_path: Path) -> Path:

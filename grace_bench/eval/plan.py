@@ -53,6 +53,9 @@ def prompt_config(cfg: EvalConfig, suite: Suite) -> tuple[list[str], list[str]]:
     preset = get_protocol(cfg.protocol or DEFAULT_PROTOCOL).templates
     templates = (read_text_list(cfg.templates_file, "templates", True) if cfg.templates_file
                  else list(preset) if preset else list(suite.templates))
+    if cfg.classnames_file and any(d.prompts is not None for d in suite.datasets):
+        raise UserError(f"suite '{suite.name}' takes class names per dataset, so one classnames_file (--classnames) "
+                        "cannot serve; put a classnames.txt in each dataset's folder instead (docs/zero-shot-data.md)")
     classnames = read_text_list(cfg.classnames_file, "class names") if cfg.classnames_file else list(suite.classnames)
     if len(classnames) != len(suite.classnames):
         raise UserError(
