@@ -266,3 +266,17 @@ def test_each_preset_attacks_its_own_count_per_zero_shot_dataset(name, counts, t
         assert adv_subset(limited, suite, suite.dataset(dataset), range(12000), 7)[1] == 7  # --limit caps it
     custom = plan_eval(_cfg(tmp_path / "root", tmp_path / "out", protocol=name, n_adv=50), tiny_clip)
     assert adv_subset(custom, suite, suite.dataset("imagenet1k"), range(12000), None)[1] == 50
+
+
+def test_a_templates_file_replaces_every_datasets_templates_and_keeps_their_class_names(tiny_clip, tmp_path):
+    root = make_zero_shot_root(tmp_path, "wds", ("cifar10", "pets"))
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a tiny photo of a {}.\nart of the {}.\n")
+    summary = run_eval(_cfg(root, tmp_path / "out", protocol="fare", templates_file=templates, limit=2),
+                       clip=tiny_clip)
+    assert summary["protocol"]["preset"] == "custom" and summary["protocol"]["preset_overrides"] == ["templates"]
+    for record in _records(tmp_path / "out", "clean") + _records(tmp_path / "out", "adversarial"):
+        name = record["dataset"]["name"]
+        assert record["config"]["templates"] == text_list_hash(["a tiny photo of a {}.", "art of the {}."])
+        assert record["config"]["classnames"] == text_list_hash(shipped_classnames(name))
+        assert record["protocol_preset"]["name"] == "custom"
