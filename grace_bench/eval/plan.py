@@ -53,6 +53,9 @@ def prompt_config(cfg: EvalConfig, suite: Suite) -> tuple[list[str], list[str]]:
     preset = get_protocol(cfg.protocol or DEFAULT_PROTOCOL).templates
     templates = (read_text_list(cfg.templates_file, "templates", True) if cfg.templates_file
                  else list(preset) if preset else list(suite.templates))
+    if cfg.classnames_file and any(d.prompts is not None for d in suite.datasets):
+        raise UserError(f"suite '{suite.name}' takes class names per dataset, so one classnames_file (--classnames) "
+                        "cannot serve; put a classnames.txt in each dataset's folder instead (docs/zero-shot-data.md)")
     classnames = read_text_list(cfg.classnames_file, "class names") if cfg.classnames_file else list(suite.classnames)
     if len(classnames) != len(suite.classnames):
         raise UserError(
@@ -138,6 +141,9 @@ def plan_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> EvalPlan:
     if suite_name is None and arch is not None:
         suite_name = suite_for_arch(arch)
     suite = get_suite(suite_name) if suite_name else None
+    if suite is not None and suite.needs_root and cfg.data_root is None:
+        raise UserError(f"suite '{suite.name}' reads its datasets from disk; pass --data-root DIR (data_root), the "
+                        "folder holding them")
     defaults = (suite or get_suite(suite_for_arch("*"))).eval_defaults()  # unknown arch: any-model suite's
     preset = get_protocol(cfg.protocol or DEFAULT_PROTOCOL)
     attack = canonical_attack(cfg.attack or preset.attack or defaults["attack"])  # what runs is what is recorded

@@ -29,10 +29,11 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"   {r['attack']}, eps {r['eps']} {r['norm']} (clean on this subset {_pct(r['clean_acc']).strip()})"
             )
     a = summary["aggregates"]
+    templates = f"{proto['templates']} templates" if proto["templates"] else "per-dataset templates"  # zero-shot suites
     lines.append(
         f"ID {_pct(a['id']).strip()} · OOD avg {_pct(a['ood_avg']).strip()} · Nat-adv {_pct(a['nat_adv']).strip()}"
         f" · {proto['attack']} {_pct(a['autoattack']).strip()} · Adv {_pct(a['adv']).strip()}"
-        f" · HM {_pct(a['hm']).strip()}   (%, {proto['templates']} templates, eps {proto['eps']}, n_adv "
+        f" · HM {_pct(a['hm']).strip()}   (%, {templates}, eps {proto['eps']}, n_adv "
         f"{proto['n_adv']})"
     )
     for eps, z in (summary.get("zero_shot") or {}).items():

@@ -8,6 +8,7 @@ process evaluating into the same folder waits for the first and reuses its resul
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import replace
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from grace_bench.attacks.chunks import DEFAULT_CHUNK_SIZE
+from grace_bench.data.image_folders import MissingDatasetError
 from grace_bench.data.suites import DataContext, DatasetSpec
 from grace_bench.data.wds_shards import rank_share
 from grace_bench.errors import UserError
@@ -69,7 +71,7 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
 
     specs = selected_datasets(suite, cfg)
     adv_names = adversarial_names(suite, cfg) if plan.attack_kind != "none" else []
-    loaded = [(spec, ds) for spec in specs if (ds := _load_dataset(spec, ctx)) is not None]
+    loaded = load_selected(suite, specs, ctx, cfg, rank)
     adv_subsets = {spec.name: adv_subset(plan, suite, spec, ds, cfg.limit)
                    for spec, ds in loaded if spec.name in adv_names}
     current: dict[tuple, Path] = {}
@@ -88,6 +90,9 @@ def run_eval(cfg: EvalConfig, clip: ClipModel | None = None) -> dict[str, Any]:
                 current["adversarial", spec.name, eps] = path
                 if eps == plan.eps_list[0]:
                     current["adversarial", spec.name] = path
+    for spec in suite.datasets:  # the summary also merges earlier results of datasets not run now
+        if spec.prompts is not None and spec.name not in prompt_keys:
+            prompt_keys[spec.name] = _prompt_key_if_known(spec, ctx, cfg, plan)
     runtime.barrier()
 
     summary_path = store.summary_path(fp, _family(plan))
@@ -116,6 +121,16 @@ def dataset_prompts(spec: DatasetSpec, ctx: DataContext, cfg: EvalConfig, plan: 
     if cfg.templates_file is not None or (plan.protocol is not None and plan.protocol.preset.templates):
         temps = plan.templates
     return list(names), list(temps)
+
+
+def _prompt_key_if_known(spec: DatasetSpec, ctx: DataContext, cfg: EvalConfig, plan: EvalPlan) -> dict | None:
+    """The prompt hashes of a dataset not evaluated in this run, read from its folder if it is there; None (the
+    summary then takes its newest result of this protocol, whatever its prompts) when they cannot be read."""
+    try:
+        names, temps = dataset_prompts(spec, ctx, cfg, plan)
+    except UserError:
+        return None
+    return {"templates": text_list_hash(temps), "classnames": text_list_hash(names)}
 
 
 def _family(plan: EvalPlan) -> str | None:
@@ -157,11 +172,34 @@ def summary_location(cfg: EvalConfig, summary: dict[str, Any]) -> tuple[Path, Pa
     return store.summary_path(fp, None if family in (None, "grace") else family), store.results_dir(fp)
 
 
-def _load_dataset(spec: DatasetSpec, ctx: DataContext):
+def load_selected(suite, specs: list[DatasetSpec], ctx: DataContext, cfg: EvalConfig, rank: int = 0) -> list[tuple]:
+    """``(spec, dataset)`` of every selected dataset found; an optional one absent from the data root is skipped
+    (one notice line on stderr) unless it was named with ``datasets`` (--datasets). Any other data error (a broken
+    folder, a corrupt shard) stops the run; so does a root holding none of the selected datasets."""
+    named = set(cfg.datasets or ())
+    loaded, missing = [], []
+    for spec in specs:
+        dataset = _load_dataset(spec, ctx, required=spec.name in named)
+        if dataset is None:
+            missing.append(spec.name)
+        else:
+            loaded.append((spec, dataset))
+    if missing and not loaded:
+        raise UserError(f"none of the {len(specs)} selected datasets of suite '{suite.name}' is under "
+                        f"{cfg.data_root}; put at least one there (layouts: docs/zero-shot-data.md) or check "
+                        "data_root (--data-root)")
+    if missing and rank == 0:
+        print(f"notice: skipped {len(missing)} dataset(s) not found under {cfg.data_root}: {', '.join(missing)} "
+              "(name one with --datasets to require it)", file=sys.stderr, flush=True)
+    return loaded
+
+
+def _load_dataset(spec: DatasetSpec, ctx: DataContext, required: bool = False):
+    """``spec``'s dataset; None only for an optional, not required dataset whose folder is missing."""
     try:
         return spec.load(ctx)
-    except UserError:
-        if spec.optional:
+    except MissingDatasetError:
+        if spec.optional and not required:
             return None
         raise
 

@@ -6,8 +6,8 @@
 compute (e.g. ``--attack none`` after an APGD run) the newest finished result of the same suite and prompts.
 Results of different protocols never mix: a result counts only for a summary of its own protocol family (the
 ``preset`` tag hashed into its config; none for grace), and each family has its own summary file. Runs with
-several ε add ``adversarial_by_eps``; zero-shot protocols add ``zero_shot`` (clean / robust per dataset and their
-averages, with and without ImageNet).
+several ε add ``adversarial_by_eps``; zero-shot protocols and zero-shot suites (under any protocol) add
+``zero_shot`` (clean / robust per dataset and their averages, with and without ImageNet).
 """
 
 from __future__ import annotations
@@ -64,17 +64,20 @@ def read_existing(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("schema") == SUMMARY_SCHEMA else None
 
 
-def _matches(rec: Mapping[str, Any], kind: str, dataset: str, suite: str, prompt_key: Mapping[str, str],
+def _matches(rec: Mapping[str, Any], kind: str, dataset: str, suite: str, prompt_key: Mapping[str, str] | None,
              tags: frozenset = frozenset({None}), eps: str | None = None) -> bool:
+    """Whether ``rec`` is a result of (kind, dataset, suite, prompts, protocol tags[, eps]); ``prompt_key`` None:
+    any prompts (a zero-shot dataset whose folder is not under this run's data root)."""
     cfg = rec.get("config") or {}
+    same_prompts = prompt_key is None or (cfg.get("templates") == prompt_key["templates"]
+                                          and cfg.get("classnames") == prompt_key["classnames"])
     return (rec.get("kind") == kind and rec["dataset"].get("name") == dataset and rec["dataset"].get("suite") == suite
-            and cfg.get("protocol") == PROTOCOL_VERSION and cfg.get("templates") == prompt_key["templates"]
-            and cfg.get("classnames") == prompt_key["classnames"] and cfg.get("preset") in tags
+            and cfg.get("protocol") == PROTOCOL_VERSION and same_prompts and cfg.get("preset") in tags
             and (eps is None or cfg.get("eps") == eps))
 
 
 def pick(finished: Finished, current: Mapping[tuple, Path], kind: str, dataset: str, suite: str,
-         prompt_key: Mapping[str, str], prefer: Mapping[str, Any] | None = None, *,
+         prompt_key: Mapping[str, str] | None, prefer: Mapping[str, Any] | None = None, *,
          tags: frozenset = frozenset({None}), eps: str | None = None) -> tuple[Path, dict] | None:
     """This run's result for (kind, dataset[, eps]), else the newest matching finished one of the same protocol
     (a preset ``tags`` names; ``None``: grace), ``prefer``red config first."""
@@ -98,11 +101,11 @@ def pick(finished: Finished, current: Mapping[tuple, Path], kind: str, dataset: 
 def build_summary(store: ResultStore, *, fingerprint: str, suite: Any, identity: Identity, specs_seen: list[str],
                   current: Mapping[tuple, Path], prompt_key: Mapping[str, str], n_templates: int,
                   requested: Mapping[str, Any], protocol: Mapping[str, Any] | None = None,
-                  prompt_keys: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, Any]:
+                  prompt_keys: Mapping[str, Mapping[str, str] | None] | None = None) -> dict[str, Any]:
     """The merged summary of ``fingerprint``; ``requested`` holds this run's attack, eps, norm, n_adv, etc.
 
     ``protocol`` is the run's protocol record (``ResolvedProtocol.record``), ``prompt_keys`` the prompt hashes of
-    datasets with their own prompts (default: ``prompt_key`` for every dataset).
+    datasets with their own prompts (default: ``prompt_key`` for every dataset; None: unknown, any prompts).
     """
     protocol = dict(protocol or {})
     tag = _tag(protocol)
@@ -111,19 +114,21 @@ def build_summary(store: ResultStore, *, fingerprint: str, suite: Any, identity:
     tags = frozenset({tag, None if base in (None, "grace") else base})
     eps_list = list((protocol.get("settings") or {}).get("eps") or [requested["eps"]])
     finished = store.finished(fingerprint)
+    # presets, ε lists and zero-shot suites (every dataset zero-shot, e.g. grace on ``zeroshot``) keep results per ε
+    per_eps = len(eps_list) > 1 or tag is not None or is_zero_shot_suite(suite)
     per_dataset: dict[str, dict] = {}
     adversarial: dict[str, dict] = {}
     by_eps: dict[str, dict[str, dict]] = {eps: {} for eps in eps_list}
     prefer_clean = {"precision": requested["precision"], "limit": requested["limit"]}
     for spec in suite.datasets:
-        key = (prompt_keys or {}).get(spec.name, prompt_key)
+        key = (prompt_keys or {}).get(spec.name, prompt_key)  # None: not known in this run, any prompts
         hit = pick(finished, current, "clean", spec.name, suite.name, key, prefer_clean, tags=tags)
         if hit is not None:
             per_dataset[spec.name] = clean_view(*hit)
         hit = pick(finished, current, "adversarial", spec.name, suite.name, key, tags=tags)
         if hit is not None:
             adversarial[spec.name] = adversarial_view(*hit)
-        if len(eps_list) > 1 or tag is not None:
+        if per_eps:
             for eps in eps_list:
                 hit = pick(finished, current, "adversarial", spec.name, suite.name, key, tags=tags, eps=eps)
                 if hit is not None:
@@ -141,9 +146,9 @@ def build_summary(store: ResultStore, *, fingerprint: str, suite: Any, identity:
     if identity.wise_alpha is not None:
         checkpoint["wise_alpha"] = identity.wise_alpha
     extra: dict[str, Any] = {}
-    if len(eps_list) > 1 or tag is not None:
+    if per_eps:
         extra["adversarial_by_eps"] = by_eps
-    if protocol.get("zero_shot") or tag is not None:
+    if protocol.get("zero_shot") or tag is not None or is_zero_shot_suite(suite):
         extra["zero_shot"] = zero_shot_aggregates(per_dataset, by_eps, _dataset_order(suite, protocol))
     preset_fields = {}
     if protocol:
@@ -188,6 +193,11 @@ def _tag(protocol: Mapping[str, Any]) -> str | None:
 def _family(protocol: Mapping[str, Any]) -> str:
     tag = _tag(protocol)
     return "grace" if tag is None else tag.replace(":", "-")
+
+
+def is_zero_shot_suite(suite: Any) -> bool:
+    """Whether every dataset of ``suite`` is a zero-shot one (its summary gets the papers' zero-shot table)."""
+    return bool(suite.datasets) and all(d.role == "zero-shot" for d in suite.datasets)
 
 
 def is_imagenet(name: str) -> bool:

@@ -362,7 +362,7 @@ def build_leaderboard(
         from grace_bench.leaderboard.zero_shot import zero_shot_markdown
 
         files.append(out_dir / "zero_shot.md")
-        atomic_write_text(files[-1], zero_shot_markdown(summaries, title=name))
+        atomic_write_text(files[-1], zero_shot_markdown([s for s in summaries if s.data.get("zero_shot")], title=name))
     return Leaderboard(name, columns, rows, markdown, data, files)
 
 

@@ -65,8 +65,8 @@ def locate(key: str, ctx: DataContext) -> Location:
         raise MissingDatasetError(f"{key}: no data root; pass --data-root DIR (data_root) holding "
                                   f"{expected(info, Path('DIR'))}")
     root = Path(ctx.root).expanduser()
-    if layout == "folders" and not info.torchvision_dirs:
-        raise UserError(f"{key}: {info.title} is read only from CLIP_benchmark's webdataset layout; pass "
+    if layout == "folders" and not info.torchvision_dirs:  # absent in this layout: skipped unless named
+        raise MissingDatasetError(f"{key}: {info.title} is read only from CLIP_benchmark's webdataset layout; pass "
                         f"--data-layout wds or auto (data_layout) and put {expected(info, root)}")
     folder = _folder_candidate(info, root) if layout != "wds" else None
     if folder is not None:
