@@ -103,4 +103,5 @@ def test_eval_without_a_checkpoint_takes_the_suites_default_model(tmp_path):
     assert plan_eval(EvalConfig(out=tmp_path)).checkpoint == "micro"
     imagenet = plan_eval(EvalConfig(suite="imagenet", data_root=tmp_path, attack="none", out=tmp_path))
     assert imagenet.checkpoint == "ViT-B-32:openai" and imagenet.suite.name == "imagenet"
-    assert plan_eval(EvalConfig(checkpoint="micro", suite="imagenet", out=tmp_path)).checkpoint == "micro"
+    assert plan_eval(EvalConfig(checkpoint="micro", suite="imagenet", data_root=tmp_path, attack="none",
+                                out=tmp_path)).checkpoint == "micro"
