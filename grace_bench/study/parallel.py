@@ -15,7 +15,27 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _init_worker(threads: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel kill this worker when the process that started it dies (even by SIGKILL), so a killed
+    study leaves no orphan still training into its folders; the killed work resumes from its last atomic write."""
+    import ctypes
+    import os
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+def _init_worker(threads: int, parent: int | None = None) -> None:
+    if parent is not None:
+        _die_with_parent(parent)
     import torch
 
     torch.set_num_threads(threads)
@@ -33,13 +53,14 @@ def run_jobs(fn: Callable[[T], R], items: Sequence[T], jobs: int = 1) -> Iterato
             yield fn(item)
         return
     import multiprocessing
+    import os
     from concurrent.futures import ProcessPoolExecutor
 
     import torch
 
     ctx = multiprocessing.get_context("spawn")  # no forked torch state; same start on every platform
     with ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=ctx, initializer=_init_worker,
-                             initargs=(torch.get_num_threads(),)) as pool:
+                             initargs=(torch.get_num_threads(), os.getpid())) as pool:
         futures = [pool.submit(fn, item) for item in items]
         try:
             for future in futures:
