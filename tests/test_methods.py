@@ -14,6 +14,7 @@ from grace_bench.finetune.methods import get_method, list_methods
 from grace_bench.finetune.methods.flyp import contrastive_loss
 from grace_bench.finetune.methods.pmg_aft import kl_batchmean
 from grace_bench.finetune.trainer import Trainer
+from tests.micro_scoring import RECIPE, ROBUST_ARGS, micro_scores
 
 from .test_trainer import cfg_for, fresh_clip, run, tiny_data
 
@@ -167,28 +168,10 @@ def test_flyp_rebuilds_the_head_from_the_trained_text_tower(tmp_path):
 FT_OVER_ZS_MIN = 0.03
 ROBUST_OVER_FT_MIN = 0.12
 N_ADV = 200
-RECIPE = dict(max_steps=30, batch_size=32, lr=6e-4, warmup_steps=3, seed=0, val_max_samples=180)
-ROBUST_ARGS = {"eps": "4/255", "pgd_steps": 2, "pgd_step_size": "3/255"}
 
 
 def _micro_scores(run_dir, test) -> dict[str, float]:
-    from grace_bench.attacks.pgd import pgd_attack
-    from grace_bench.data.micro import MICRO_CLASSNAMES, MICRO_TEMPLATES
-    from grace_bench.models.checkpoints import load_checkpoint
-    from grace_bench.models.zero_shot import ZeroShotClassifier, build_zero_shot_head
-
-    clip = load_checkpoint(str(run_dir))
-    model = clip.model.eval()
-    head = build_zero_shot_head(model, clip.tokenizer, MICRO_CLASSNAMES, MICRO_TEMPLATES)
-    clf = ZeroShotClassifier(model, head, clip.mean, clip.std).eval()
-    x, y = test.tensors
-    with torch.no_grad():
-        acc = (clf(x).argmax(1) == y).float().mean().item()
-    xa = pgd_attack(clf, x[:N_ADV], y[:N_ADV], eps=4 / 255, steps=10, step_size=1 / 255,
-                    generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        robust = (clf(xa).argmax(1) == y[:N_ADV]).float().mean().item()
-    return {"acc": acc, "robust": robust}
+    return micro_scores(run_dir, test, N_ADV)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from grace_bench.finetune.methods.laat import laat_loss
 from grace_bench.finetune.methods.simclip import siamese_loss, simclip_loss
 from grace_bench.finetune.trainer import Trainer, cosine_schedule
 from grace_bench.models.head_transform import anchor_statistics, apply_head_transform, expand_anchors
+from tests.micro_scoring import RECIPE, ROBUST_ARGS, micro_scores
 
 from .test_trainer import cfg_for, fresh_clip, run, tiny_data
 
@@ -267,27 +268,11 @@ def test_a_garbled_head_transform_is_a_user_error(tmp_path):
 # LAAT is scored with its expanded head). Measured (robust / ID test acc): FT 0.080 / 0.944; Sim-CLIP 0.365 / 0.883
 # (+28.5 pts); AdvCLIP-LoRA 0.165 / 0.891 (+8.5); LAAT 0.315 / 0.869 (+23.5). See docs/baselines-recent-2.md.
 N_ADV = 200
-RECIPE = dict(max_steps=30, batch_size=32, lr=6e-4, warmup_steps=3, seed=0, val_max_samples=180)
-ROBUST_ARGS = {"eps": "4/255", "pgd_steps": 2, "pgd_step_size": "3/255"}
 ROBUST_OVER_FT_MIN = {"sim-clip": 0.12, "advclip-lora": 0.04, "laat": 0.12}  # about half the measured gains
 
 
 def _scores(run_dir, test) -> dict[str, float]:
-    from grace_bench.attacks.pgd import pgd_attack
-    from grace_bench.data.suites import get_suite
-    from grace_bench.eval.context import classifier_for
-    from grace_bench.models.checkpoints import load_checkpoint
-
-    clip = load_checkpoint(str(run_dir))
-    clf = classifier_for(clip, get_suite("micro"))
-    x, y = test.tensors
-    with torch.no_grad():
-        acc = (clf(x).argmax(1) == y).float().mean().item()
-    xa = pgd_attack(clf, x[:N_ADV], y[:N_ADV], eps=4 / 255, steps=10, step_size=1 / 255,
-                    generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        robust = (clf(xa).argmax(1) == y[:N_ADV]).float().mean().item()
-    return {"acc": acc, "robust": robust}
+    return micro_scores(run_dir, test, N_ADV)
 
 
 @pytest.fixture(scope="module")
