@@ -70,7 +70,9 @@ def test_micro_defaults_per_method_lora_variant_and_threat_model():
     assert ft_lora.lr == tuned["ft-lora"] and ft_lora.sources["lr"] == MICRO_LR_SOURCE
     grace = resolve_config(FinetuneConfig(method="grace"))  # LoRA by default: the study's "grace" row
     assert grace.lora_rank == 64 and grace.lr == tuned["grace"]
-    assert grace.method_args == {"eps": "4/255", "pgd_steps": 5, "pgd_step_size": "1/255"}
+    knobs = json.loads(MICRO_TUNING_FILE.read_text())["selected"]["grace"].get("method_args", {})
+    assert grace.method_args == {"eps": "4/255", "pgd_steps": 5, "pgd_step_size": "1/255", **knobs}
+    assert all(grace.sources[f"method_args.{k}"] == MICRO_LR_SOURCE for k in knobs)
     grace_full = resolve_config(FinetuneConfig(method="grace", lora_rank=0))  # never tuned: the paper's lr
     assert grace_full.lr == get_method("grace").trainer_defaults["lr"].value
     assert grace_full.sources["lr"].startswith("method 'grace' default")
