@@ -382,8 +382,9 @@ VERDICT_RULE = (
     "Verdict rule (`grace_bench/study/claims.py`): a claim is a criterion d ≥ c on a paired difference d. It "
     "**holds** when both 95% intervals (t over seeds, bootstrap over test images) lie wholly at or above c, "
     "**does not hold** when both lie wholly below c, and is **inconclusive** when either straddles c or they "
-    "disagree; without per-image data the t-interval alone decides; with one seed there is no interval and the "
-    "verdict reads **single seed** (the geometry claims, measured on the first seed).")
+    "disagree; without per-image data the t-interval alone decides (the geometry claims: no per-image metric, "
+    "measured on the first `geometry_seeds` seeds); with one seed there is no interval and the verdict reads "
+    "**single seed**.")
 
 
 def run_command(run: StudyRun) -> str:
