@@ -151,7 +151,8 @@ def test_agft_loss_matches_its_formula(tmp_path, monkeypatch, relative):
     s = 180.0 * (ctx.model.logit_scale.exp().item() / 100 if relative else 1.0)  # tiny-clip: exp = 1/0.07
     assert relative == (abs(s - 180.0) > 1)
     with torch.no_grad():
-        p0 = torch.softmax(0.4 * s * ctx.frozen.image_features(x) @ head, dim=1)
+        kappa = float(tr.method.hparams["agft_kappa"])  # 0.4, or the micro suite's tuned value
+        p0 = torch.softmax(kappa * s * ctx.frozen.image_features(x) @ head, dim=1)
         log_q = torch.log_softmax(s * ctx.classifier.image_features(x_adv) @ head, dim=1)
         ref = -(p0 * log_q).sum(dim=1).mean()
     torch.testing.assert_close(loss.detach(), ref, rtol=1e-5, atol=1e-6)

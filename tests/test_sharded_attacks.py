@@ -50,9 +50,10 @@ def _results(out: Path) -> dict[str, dict]:
 
 
 def _comparable(record: dict) -> dict:
-    """The record without what may differ between runs: times, the world size and the deal."""
+    """The record without what may differ between runs: times, the world size, the deal and the machine stamp
+    (``versions``: thread counts are per process)."""
     record = json.loads(json.dumps(record))
-    for key in ("created", "wall_time_s", "images_per_s"):
+    for key in ("created", "wall_time_s", "images_per_s", "versions"):
         record.pop(key)
     record["config"].pop("world_size")
     record["config"].pop("chunks_by_rank", None)
