@@ -136,16 +136,6 @@ def shard_folder(name: str, ctx: DataContext, folders: Mapping[str, str | Path] 
     return shards if shards.is_dir() else None
 
 
-def _transform(ctx: DataContext):
-    if ctx.preprocess is not None:
-        return ctx.preprocess
-    if ctx.image_size:
-        from grace_bench.utils.transforms import pixel_preprocess
-
-        return pixel_preprocess(ctx.image_size)
-    raise ValueError("DataContext needs a preprocess or an image_size to load ImageNet images")
-
-
 def _fix(name: str) -> str:
     return f"re-extract {name} from its original archive, or point {FOLDER_ENV[name]} at the right folder"
 
@@ -163,7 +153,7 @@ def _wnid_folder_dataset(
 ) -> ImageFolderDataset:
     """One-folder-per-wnid datasets. ``subset``: labels index into ``allowed`` (sorted) and a class subset is set."""
     if (shards := shard_folder(name, ctx, folders)) is not None:
-        return load_wds_dataset(name, shards, _transform(ctx))
+        return load_wds_dataset(name, shards, ctx.pixel_transform())
     root = dataset_dir(name, ctx.root, folders)
     found = list_subfolders(root)
     validate_class_folders(name, root, found, set(allowed), expected_count=expected_count, what=what, fix=_fix(name))
@@ -178,7 +168,7 @@ def _wnid_folder_dataset(
         folder_labels = {w: index[w] for w in found}
     candidates, skipped, empty = collect_class_folders(root, folder_labels)
     return ImageFolderDataset(
-        name=name, root=root, candidates=candidates, classes=classes, transform=_transform(ctx),
+        name=name, root=root, candidates=candidates, classes=classes, transform=ctx.pixel_transform(),
         class_subset=class_subset, skipped=skipped, empty_folders=empty, verify=verify, fix=_fix(name),
         allow_empty_classes=ctx.allow_empty_classes,
     )
@@ -200,7 +190,7 @@ def _flat_val_dataset(
         else:
             candidates.append(Candidate(str(root / f), int(label), f"{wnids[label]}/{f}"))
     return ImageFolderDataset(
-        name=name, root=root, candidates=candidates, classes=wnids, transform=_transform(ctx),
+        name=name, root=root, candidates=candidates, classes=wnids, transform=ctx.pixel_transform(),
         skipped=skipped, verify=verify, fix=_fix(name),
     )
 
@@ -211,7 +201,7 @@ def imagenet_val(
     """ImageNet-1k validation: 1000 wnid folders (or the flat official layout); labels 0..999."""
     name = "imagenet"
     if (shards := shard_folder(name, ctx, folders)) is not None:
-        return load_wds_dataset(name, shards, _transform(ctx))
+        return load_wds_dataset(name, shards, ctx.pixel_transform())
     root = dataset_dir(name, ctx.root, folders)
     if not list_subfolders(root) and any(f.startswith(VAL_PREFIX) for f in list_files(root)):
         return _flat_val_dataset(name, root, ctx, verify)
@@ -243,7 +233,7 @@ def imagenet_v2(
     """ImageNet-V2 (matched frequency): folders ``0..999`` named by class index; labels are those indices."""
     name = "imagenet-v2"
     if (shards := shard_folder(name, ctx, folders)) is not None:
-        return load_wds_dataset(name, shards, _transform(ctx))
+        return load_wds_dataset(name, shards, ctx.pixel_transform())
     root = dataset_dir(name, ctx.root, folders)
     found = list_subfolders(root)
     allowed = {str(i) for i in range(meta.NUM_CLASSES)}
@@ -253,7 +243,7 @@ def imagenet_v2(
     )
     candidates, skipped, empty = collect_class_folders(root, {f: int(f) for f in found})
     return ImageFolderDataset(
-        name=name, root=root, candidates=candidates, classes=meta.imagenet_wnids(), transform=_transform(ctx),
+        name=name, root=root, candidates=candidates, classes=meta.imagenet_wnids(), transform=ctx.pixel_transform(),
         skipped=skipped, empty_folders=empty, verify=verify, fix=_fix(name),
         allow_empty_classes=ctx.allow_empty_classes,
     )

@@ -45,6 +45,16 @@ class DataContext:
     allow_empty_classes: bool = False
     layout: str = "auto"
 
+    def pixel_transform(self) -> Callable:
+        """The transform image files go through: the model's pixel preprocess, else a resize to ``image_size``."""
+        if self.preprocess is not None:
+            return self.preprocess
+        if self.image_size:
+            from grace_bench.utils.transforms import pixel_preprocess
+
+            return pixel_preprocess(self.image_size)
+        raise ValueError("DataContext needs a preprocess or an image_size to load image files")
+
 
 @dataclass(frozen=True)
 class DatasetSpec:

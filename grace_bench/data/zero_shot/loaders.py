@@ -8,7 +8,7 @@ from torch.utils.data import Dataset
 
 from grace_bench.data.suite_spec import DataContext
 from grace_bench.data.zero_shot import arrays, file_lists
-from grace_bench.data.zero_shot.locate import Location, locate, transform_for
+from grace_bench.data.zero_shot.locate import Location, locate
 from grace_bench.data.zero_shot.name_check import check_shipped_names
 from grace_bench.data.zero_shot.prompts import Prompts, dataset_prompts
 from grace_bench.data.zero_shot.wds import load_shards
@@ -62,7 +62,7 @@ def prompt_lists(key: str, ctx: DataContext) -> tuple[tuple[str, ...], tuple[str
 
 def load_zero_shot(key: str, ctx: DataContext) -> Dataset:
     """Dataset ``key`` as ``(image, label)`` pairs; labels index ``zero_shot_prompts(key, ctx).classnames``."""
-    transform = transform_for(ctx)
+    transform = ctx.pixel_transform()
     if key == IMAGENET:
         from grace_bench.data.imagenet import imagenet_val
 

@@ -76,13 +76,3 @@ def locate(key: str, ctx: DataContext) -> Location:
         return Location("wds", shards)
     raise MissingDatasetError(f"{key}: not found under {root}; put {expected(info, root)}")
 
-
-def transform_for(ctx: DataContext):
-    """The model's pixel preprocess (or a resize to ``ctx.image_size``)."""
-    if ctx.preprocess is not None:
-        return ctx.preprocess
-    if ctx.image_size:
-        from grace_bench.utils.transforms import pixel_preprocess
-
-        return pixel_preprocess(ctx.image_size)
-    raise ValueError("DataContext needs a preprocess or an image_size to load zero-shot images")
