@@ -135,7 +135,10 @@ def _prompt_key_if_known(spec: DatasetSpec, ctx: DataContext, cfg: EvalConfig, p
 
 def _family(plan: EvalPlan) -> str | None:
     """The summary's protocol group (None: grace, whose summary keeps its name)."""
-    family = plan.protocol.family if plan.protocol is not None else None
+    return _summary_family(plan.protocol.family if plan.protocol is not None else None)
+
+
+def _summary_family(family: str | None) -> str | None:
     return None if family in (None, "grace") else family
 
 
@@ -168,8 +171,8 @@ def summary_location(cfg: EvalConfig, summary: dict[str, Any]) -> tuple[Path, Pa
     """Where ``run_eval`` wrote ``summary``: the summary file and the checkpoint's results folder."""
     store = ResultStore(cfg.out)
     fp = summary["checkpoint"]["fingerprint"]
-    family = (summary.get("protocol") or {}).get("family")
-    return store.summary_path(fp, None if family in (None, "grace") else family), store.results_dir(fp)
+    family = _summary_family((summary.get("protocol") or {}).get("family"))
+    return store.summary_path(fp, family), store.results_dir(fp)
 
 
 def load_selected(suite, specs: list[DatasetSpec], ctx: DataContext, cfg: EvalConfig, rank: int = 0) -> list[tuple]:
