@@ -91,6 +91,7 @@ class AdvCLIPLoRA(Method):
             raise UserError("method_args.ascent_steps must be >= 0; pass e.g. --ascent-steps 2")
         self.delta: torch.Tensor | None = None
         self.delta_epoch = -1
+        self._prompt_tokens: torch.Tensor | None = None  # the class prompts, tokenised once
 
     def train_templates(self, suite_templates: list[str]) -> list[str]:
         return [TEMPLATE]  # imagenet.py L188 (and every CoOp dataset's first template)
@@ -100,8 +101,9 @@ class AdvCLIPLoRA(Method):
 
     def text_features(self, ctx: TrainContext) -> torch.Tensor:
         """(C, D) unit class embeddings from the adapted text tower, with gradient (train-mode LoRA dropout)."""
-        tokens = ctx.clip.tokenizer([TEMPLATE.format(c) for c in ctx.classnames]).to(ctx.device)
-        return F.normalize(ctx.model.encode_text(tokens).float(), dim=-1)
+        if self._prompt_tokens is None:
+            self._prompt_tokens = ctx.clip.tokenizer([TEMPLATE.format(c) for c in ctx.classnames]).to(ctx.device)
+        return F.normalize(ctx.model.encode_text(self._prompt_tokens).float(), dim=-1)
 
     def logits(self, ctx: TrainContext, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """``100 * cos(f(x), t_hat)`` for images in [0, 1]."""
