@@ -277,7 +277,7 @@ def _read_cached(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
 def _write_cache(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, x=x, y=y)
+            np.savez_compressed(fh, x=x, y=y)  # ~10x smaller: digits on a plain background
     except OSError as e:  # an unwritable cache only costs time
         _log.warning("could not cache micro data at %s (%s)", path, e)
 
