@@ -254,3 +254,39 @@ def test_cli_features_against_itself_reuses_the_checkpoint_side(cli, micro_check
     assert data["reference_metrics"]["lid"] == data["lid"]
     assert data["reference_metrics"]["centroid_cosine"] == data["centroid_cosine"]
     np.testing.assert_array_equal(arrays["ref_embeddings_id"], arrays["embeddings_id"])
+
+
+def test_features_reuse_the_reference_side_with_identical_numbers(tmp_path, monkeypatch, micro_checkpoints):
+    """A worker keeps the reference's side between jobs; a checkpoint measured after another one gets exactly the
+    numbers of a fresh process, and other settings or data are never served from the kept side."""
+    from grace_bench.cli import main
+    from grace_bench.geometry.diagnostics import features
+    from grace_bench.utils.atomic import atomic_save_safetensors
+
+    monkeypatch.setenv("GRACE_BENCH_CACHE", str(tmp_path / "cache"))
+    tuned, ref, sd, _ = micro_checkpoints
+    gen = torch.Generator().manual_seed(2)
+    other = {k: v + 0.05 * v.abs().mean() * torch.randn(v.shape, generator=gen)
+             if k.startswith("visual.") and v.is_floating_point() else v for k, v in sd.items()}
+    atomic_save_safetensors(tmp_path / "other.safetensors", other)
+    other = f"micro-clip:{tmp_path / 'other.safetensors'}"
+    flags = ["--ref", ref, "--n", "24", "--batch-size", "12", "--ood", "micro-v2", "--pgd-steps", "2", "--k", "5",
+             "--no-progress"]
+
+    def measure(ckpt: str, out: str, *extra: str):
+        assert main(["geometry", "features", ckpt, *flags, *extra, "--out", str(tmp_path / out)]) == 0
+        return _result(tmp_path / out, "features")
+
+    features._last_reference.clear()
+    measure(tuned, "first")
+    kept = features._last_reference[0][0]
+    reused, reused_arrays = measure(other, "reused")
+    assert features._last_reference[0][0] == kept  # the second checkpoint was served from the kept side
+    features._last_reference.clear()
+    fresh, fresh_arrays = measure(other, "fresh")
+    assert reused["reference_metrics"] == fresh["reference_metrics"]
+    assert reused["cka"] == fresh["cka"] and reused["gram_drift"] == fresh["gram_drift"]
+    for name in fresh_arrays:
+        np.testing.assert_array_equal(reused_arrays[name], fresh_arrays[name])
+    measure(other, "more-images", "--n", "36")
+    assert features._last_reference[0][0] != kept
